@@ -1,0 +1,1 @@
+"""Data layer: readers for the real formats, manifests, datasets, the demo cohort."""

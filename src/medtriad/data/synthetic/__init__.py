@@ -1,0 +1,1 @@
+"""The built-in demo cohort: a hidden patient state rendered as X-ray, ECG and report."""
