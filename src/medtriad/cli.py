@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from medtriad.config import Config
 from medtriad.errors import MedtriadError
 
 app = typer.Typer(
@@ -71,19 +72,86 @@ def validate(
     console.print("[green]all files load[/green]")
 
 
+prepare_app = typer.Typer(help="Turn a dataset into a manifest, or a manifest into training shards.", no_args_is_help=True)
+app.add_typer(prepare_app, name="prepare")
+
+SetOption = Annotated[list[str], typer.Option("--set", help="Override any config value: dotted.key=value (repeatable).")]
+
+
+def _config(path: Path | None, overrides: list[str], **flags: object) -> Config:
+    from medtriad.config import load_config
+
+    extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    return load_config(path, [*overrides, *extra])
+
+
+@prepare_app.command("shards")
+def prepare_shards_cmd(
+    manifest: Annotated[Path, typer.Argument(help="manifest.parquet to preprocess.")],
+    out: Annotated[Path, typer.Option("--out", help="Shard folder to write.")],
+    config: Annotated[Path, typer.Option("--config", help="Config whose data and text settings to apply.")],
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first bad file.")] = False,
+    overrides: SetOption = [],  # noqa: B006 - typer reads the default
+) -> None:
+    """Preprocess a manifest once into memory-mapped arrays for fast training."""
+    from medtriad.data.shards import prepare_shards_for_config
+
+    folder = prepare_shards_for_config(manifest, out, _config(config, overrides), workers=workers, fail_fast=fail_fast)
+    console.print(f"shards written: {folder}")
+
+
+@app.command()
+def pretrain(
+    config: Annotated[Path, typer.Argument(help="YAML config (e.g. configs/demo.yaml).")],
+    data: Annotated[Path, typer.Option("--data", help="Manifest or shard folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder (checkpoints, metrics, model).")],
+    resume: Annotated[str | None, typer.Option(help="'latest' or a checkpoint folder to continue from.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Sets train.epochs.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Sets train.max_steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Sets train.batch_size (global).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sets seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="Sets train.device: auto, cpu, cuda.")] = None,
+    overrides: SetOption = [],  # noqa: B006 - typer reads the default
+) -> None:
+    """Contrastive pre-training (single process, or under torchrun for DDP)."""
+    from medtriad.train.trainer import train
+
+    cfg = _config(config, overrides, **{"train.epochs": epochs, "train.max_steps": max_steps,
+                                         "train.batch_size": batch_size, "seed": seed, "train.device": device})
+    result = train(cfg, data, out, resume=resume)
+    if result.final_metrics:
+        keys = [k for k in result.final_metrics if k.endswith(("/R@1", "/R@5")) or k == "val/loss"]
+        console.print({k: round(result.final_metrics[k], 4) for k in keys})
+    console.print(f"{result.steps} steps; model saved in {result.run_dir / 'model'}")
+
+
+@app.command("model-summary")
+def model_summary_cmd(
+    config: Annotated[Path, typer.Argument(help="YAML config.")],
+    overrides: SetOption = [],  # noqa: B006 - typer reads the default
+) -> None:
+    """Parameter counts per modality (trainable / total) of the model a config builds."""
+    from medtriad.models.summary import model_summary, summary_table
+
+    console.print(summary_table(model_summary(_config(config, overrides))))
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("demo_out"),
     n: Annotated[int, typer.Option("--n", help="Studies in the demo cohort.")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Config (default: configs/demo.yaml).")] = None,
+    overrides: SetOption = [],  # noqa: B006 - typer reads the default
 ) -> None:
     """Run the main job on the built-in demo cohort, resuming any step already done."""
     from rich.table import Table
 
     from medtriad.demo import run_demo
 
-    result = run_demo(out, n=n, seed=seed, workers=workers)
+    result = run_demo(out, n=n, seed=seed, workers=workers, config=config, overrides=overrides)
     table = Table(title=f"demo: {result.out}")
     table.add_column("step")
     table.add_column("seconds", justify="right")
@@ -92,6 +160,14 @@ def demo(
     console.print(table)
     counts = result.summary.get("counts", {}).get("all", {})
     console.print(f"cohort: {counts} -> {result.manifest}")
+    rt = Table(title="held-out retrieval (test split)")
+    for col in ("query -> gallery", "n", "R@1", "R@5", "R@10", "chance R@5", "R@5 / chance"):
+        rt.add_column(col, justify="left" if col.startswith("query") else "right")
+    for pair, r in result.retrieval.items():
+        rt.add_row(pair, f"{r['n']:.0f}", f"{r['R@1']:.3f}", f"{r['R@5']:.3f}", f"{r['R@10']:.3f}",
+                   f"{r['chance_R@5']:.3f}", f"{r['R@5'] / r['chance_R@5']:.1f}x")
+    console.print(rt)
+    console.print(f"summary: {result.out / 'demo_summary.json'}; training curves: {result.out / 'run' / 'curves.png'}")
 
 
 def main() -> None:

@@ -275,6 +275,102 @@ class ModelConfig:
 
 
 @dataclass
+class LossConfig:
+    """The contrastive objective: a registered loss, its settings, and weighted regularisers.
+
+    ``settings`` go to the loss's constructor (e.g. ``label_smoothing`` for ``clip``);
+    ``regularizers`` maps a regulariser name (``uniformity``, ``cross_uniformity``,
+    ``alignment``) to its weight.
+    """
+
+    name: str = "more"
+    settings: dict[str, Any] = field(default_factory=dict)
+    regularizers: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation, applied to whole batches on the training device.
+
+    X-ray: random resized crop (area fraction ``cxr_crop_scale``..1, aspect kept) with small
+    rotation, brightness/contrast jitter and Gaussian noise. ECG: per-record amplitude scaling,
+    a random circular time shift and Gaussian noise (mV).
+    """
+
+    enabled: bool = False
+    cxr_crop_scale: float = 0.7
+    cxr_rotate_deg: float = 5.0
+    cxr_brightness: float = 0.1
+    cxr_contrast: float = 0.1
+    cxr_noise: float = 0.01
+    ecg_scale: float = 0.1
+    ecg_shift: float = 0.5
+    ecg_noise: float = 0.02
+
+    def check(self, key: str) -> None:
+        if not 0.0 < self.cxr_crop_scale <= 1.0:
+            raise ConfigError(f"{key}.cxr_crop_scale", f"must lie in (0, 1], got {self.cxr_crop_scale}")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: batch, schedule, precision, checkpoints.
+
+    ``batch_size`` is the global batch (all processes together); ``chunk_size`` turns on
+    gradient caching: each process encodes its share in chunks of this many samples, so the
+    contrastive batch can be far larger than what fits in memory at once. ``max_minutes`` stops
+    training (with a checkpoint and validation) when the time budget is spent.
+    """
+
+    epochs: int = 10
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    batch_size: int = 64
+    chunk_size: int | None = None
+    lr: float = 5e-4
+    min_lr_factor: float = 0.0
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 50
+    grad_clip: float | None = 1.0
+    lr_mult: dict[str, float] = field(default_factory=dict)
+    freeze: list[str] = field(default_factory=list)
+    modality_dropout: dict[str, float] = field(default_factory=dict)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    workers: int = 0
+    threads: int | None = None
+    cache_text: bool = True
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    validate_every_epoch: bool = True
+    tensorboard: bool = False
+
+    def check(self, key: str) -> None:
+        _positive(self.epochs, f"{key}.epochs")
+        _positive(self.batch_size, f"{key}.batch_size")
+        _positive(self.lr, f"{key}.lr")
+        _positive(self.checkpoint_every, f"{key}.checkpoint_every")
+        _positive(self.log_every, f"{key}.log_every")
+        for name in ("max_steps", "max_minutes", "chunk_size", "grad_clip", "threads"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive(value, f"{key}.{name}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"{key}.betas", f"needs two values in [0, 1), got {self.betas}")
+        for m, p in self.modality_dropout.items():
+            if m not in MODALITIES:
+                raise ConfigError(f"{key}.modality_dropout.{m}", f"unknown modality; known: {list(MODALITIES)}")
+            if not 0.0 <= p < 1.0:
+                raise ConfigError(f"{key}.modality_dropout.{m}", f"must lie in [0, 1), got {p}")
+        for m in self.lr_mult:
+            if m not in (*MODALITIES, "other"):
+                raise ConfigError(f"{key}.lr_mult.{m}", f"unknown modality; known: {[*MODALITIES, 'other']}")
+
+
+@dataclass
 class Config:
     """A whole experiment; a run is reproducible from this object."""
 
@@ -282,6 +378,8 @@ class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # --------------------------------------------------------------------------- checks

@@ -1,0 +1,1 @@
+"""Pre-training: the training loop, optimiser set-up and checkpoints."""
