@@ -51,7 +51,7 @@ def run_demo(
     manifest = data_dir / "manifest.parquet"
     result = DemoResult(out=out_p, manifest=manifest)
 
-    def timed(name: str, fn, *args, **kwargs):  # noqa: ANN001, ANN202
+    def timed(name: str, fn, *args, **kwargs):
         t0 = time.perf_counter()
         value = fn(*args, **kwargs)
         result.timings[name] = time.perf_counter() - t0

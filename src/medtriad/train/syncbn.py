@@ -18,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 class GlobalBatchNorm(_BatchNorm):
     """BatchNorm (any input rank) whose training statistics span every rank's batch."""
 
-    def _check_input_dim(self, input: Tensor) -> None:  # noqa: A002 - torch's name
+    def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
             raise ValueError(f"expected at least 2-D input, got {input.dim()}-D")
 

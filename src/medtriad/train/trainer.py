@@ -40,7 +40,13 @@ from medtriad.config import Config, save_config
 from medtriad.data.dataset import Batch, EpochBatches, make_loader, open_dataset
 from medtriad.errors import ConfigError, DataError
 from medtriad.train import checkpoint as ckpt
-from medtriad.train.distributed import DistEnv, barrier, init_distributed, mean_over_ranks, shutdown_distributed
+from medtriad.train.distributed import (
+    DistEnv,
+    barrier,
+    init_distributed,
+    mean_over_ranks,
+    shutdown_distributed,
+)
 from medtriad.train.optim import build_optimizer, freeze_by_glob, lr_factor, set_lr
 
 log = logging.getLogger(__name__)
@@ -262,10 +268,18 @@ def _autocast_factory(precision: str, device: torch.device) -> tuple[Any, torch.
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl`` (rank 0); on resume, rows after the checkpoint are dropped."""
+    """Append-only ``metrics.jsonl`` (rank 0); on resume, rows after the checkpoint are dropped.
+    With `tensorboard`, every numeric value also goes to ``tensorboard/`` beside it."""
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None) -> None:
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None, tensorboard: bool = False) -> None:
         self.path, self.enabled = path, enabled
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ConfigError("train.tensorboard", "needs the tensorboard package (pip install tensorboard)") from exc
+            self.writer = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step)
         if enabled and resume_step is not None and path.is_file():
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             keep = [r for r in rows if r.get("step", 0) <= resume_step]
@@ -277,6 +291,11 @@ class MetricsLog:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.writer is not None:
+                for k, v in row.items():
+                    if k not in ("step", "epoch") and isinstance(v, (int, float)):
+                        self.writer.add_scalar(k, v, row["step"])
+                self.writer.flush()
 
 
 def _loss_params_all_reduce(loss_fn: nn.Module, env: DistEnv) -> None:
@@ -439,7 +458,7 @@ def train(
 
         if state is not None:
             ckpt.set_rng_state(state["rng"][env.rank] if env.rank < len(state["rng"]) else state["rng"][0])
-        metrics = MetricsLog(run / "metrics.jsonl", env.is_main, start_step if state is not None else None)
+        metrics = MetricsLog(run / "metrics.jsonl", env.is_main, start_step if state is not None else None, tc.tensorboard)
         elapsed_before = float(state.get("elapsed", 0.0)) if state else 0.0
 
         def save(step: int, epoch: int, batch: int) -> None:
@@ -518,7 +537,7 @@ def train(
                         row = {
                             "step": step, "epoch": epoch, "loss": loss_value,
                             **{f"loss/{k}": float(mean_over_ranks(v.detach())) for k, v in out.parts.items()},
-                            "lr": optimizer.param_groups[0]["lr"], "logit_scale": float(model.logit_scale),
+                            "lr": optimizer.param_groups[0]["lr"], "logit_scale": float(model.logit_scale.detach()),
                             "samples_per_s": rate, "time": elapsed_before + time.perf_counter() - t_start,
                         }
                         if grad_norm is not None:
@@ -574,13 +593,13 @@ class _Progress:
     def active(self) -> bool:
         return self.progress is not None and not self.progress.disable
 
-    def __enter__(self) -> _Progress:
+    def __enter__(self) -> _Progress:  # noqa: PYI034
         if self.progress is not None:
             self.progress.__enter__()
             self.task = self.progress.add_task("pre-training", total=self.total, completed=self.completed)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
