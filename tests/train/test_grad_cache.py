@@ -11,7 +11,7 @@ import torch
 from medtriad.data.shards import ShardDataset
 from medtriad.losses import get_loss
 from medtriad.models import build_model
-from medtriad.train.trainer import EncodeStep, build_text_cache, contrastive_step, _inputs
+from medtriad.train.trainer import EncodeStep, _inputs, build_text_cache, contrastive_step
 
 from .conftest import tiny_config
 
