@@ -24,8 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def rate(dataset: object, workers: int, batches: int, batch_size: int = 64) -> float:
     """Samples per second over `batches` batches, after the workers have started."""
-    loader = make_loader(dataset, EpochBatches(len(dataset), batch_size, seed=0, epoch=0), workers=workers)
-    it = iter(loader)
+    def forever():  # noqa: ANN202
+        epoch = 0
+        while True:
+            yield from make_loader(dataset, EpochBatches(len(dataset), batch_size, seed=0, epoch=epoch), workers=workers)
+            epoch += 1
+
+    it = forever()
     next(it)  # start-up (worker spawn) is not throughput
     t0 = time.perf_counter()
     n = 0

@@ -2,7 +2,7 @@
 
 For the demo config (batch 64) and the paper's base config (ViT-B/16 224, base ECG encoder,
 MiniLM with LoRA standing in for the RoBERTa checkpoint; batch 8), times a complete step:
-forward of all three encoders, the `more` loss, backward, gradient clipping and the AdamW update.
+forward of all three encoders (a frozen text encoder's features cached, as in training), the `more` loss, backward, gradient clipping and the AdamW update.
 FLOPs of the step are counted with `torch.utils.flop_counter`; the peak is a large float32
 matmul measured in the same run. Prints samples/s, GFLOP/s and the fraction of the peak.
 
@@ -52,6 +52,10 @@ def make_step(config_path: Path, overrides: list[str], batch: int):  # noqa: ANN
     texts = ["[RAD] FINDINGS: The heart is enlarged. Small left pleural effusion. IMPRESSION: Cardiomegaly. "
              "[ECG] Atrial fibrillation. Low QRS voltages in limb leads. Abnormal ECG."] * batch
     inputs = {"cxr": torch.rand(batch, 1, s, s), "ecg": torch.randn(batch, 12, t) * 0.3, "report": texts}
+    if cfg.model.report.freeze and cfg.train.cache_text:
+        # as the trainer does: a frozen text encoder's features are computed once and cached
+        with torch.no_grad():
+            inputs["report_features"] = model.encoders["report"](texts)
     present = {m: torch.ones(batch, dtype=torch.bool) for m in ("cxr", "ecg", "report")}
 
     def run() -> None:

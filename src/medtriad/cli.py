@@ -138,6 +138,39 @@ def model_summary_cmd(
 
 
 @app.command()
+def index(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (or its model/ folder) of a trained model.")],
+    data: Annotated[Path, typer.Option("--data", help="Manifest or shard folder of the studies to index.")],
+    out: Annotated[Path, typer.Option("--out", help="Index folder to write (or to extend with --add).")],
+    kind: Annotated[str, typer.Option(help="FAISS index: auto, flat, hnsw or ivfpq.")] = "auto",
+    add: Annotated[bool, typer.Option("--add", help="Add these studies to an existing index.")] = False,
+    exact_limit: Annotated[int, typer.Option(help="auto: exact search up to this many vectors.")] = 100_000,
+    batch_size: Annotated[int, typer.Option(help="Studies embedded per batch.")] = 64,
+    workers: Annotated[int, typer.Option(help="Loader worker processes.")] = 0,
+) -> None:
+    """Embed every study and build a FAISS index per modality for retrieval."""
+    from medtriad.index import build_index
+
+    build_index(run_dir, data, out, kind=kind, add=add, exact_limit=exact_limit, batch_size=batch_size, workers=workers)
+    console.print(f"index ready: {out}")
+
+
+@app.command()
+def serve(
+    index_dir: Annotated[Path, typer.Argument(help="Index folder written by `medtriad index`.")],
+    host: Annotated[str, typer.Option(help="Address to bind; a non-loopback address needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    token: Annotated[str | None, typer.Option(help="Bearer token clients must send.")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload, MB.")] = 20.0,
+    timeout: Annotated[float, typer.Option(help="Per-request time limit, seconds.")] = 60.0,
+) -> None:
+    """Serve search over an index: a JSON API and a web page."""
+    from medtriad.serve import serve as run_server
+
+    run_server(index_dir, host, port, token, max_upload_mb=max_upload_mb, timeout_s=timeout)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("demo_out"),
     n: Annotated[int, typer.Option("--n", help="Studies in the demo cohort.")] = 2000,
