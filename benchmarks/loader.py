@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def rate(dataset: object, workers: int, batches: int, batch_size: int = 64) -> float:
     """Samples per second over `batches` batches, after the workers have started."""
-    def forever():  # noqa: ANN202
+    def forever():
         epoch = 0
         while True:
             yield from make_loader(dataset, EpochBatches(len(dataset), batch_size, seed=0, epoch=epoch), workers=workers)

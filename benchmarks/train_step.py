@@ -35,13 +35,13 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _timed(fn) -> float:  # noqa: ANN001
+def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
-def make_step(config_path: Path, overrides: list[str], batch: int):  # noqa: ANN201
+def make_step(config_path: Path, overrides: list[str], batch: int):
     cfg = load_config(config_path, overrides)
     model = build_model(cfg)
     step = EncodeStep(model)
@@ -49,8 +49,11 @@ def make_step(config_path: Path, overrides: list[str], batch: int):  # noqa: ANN
     loss = get_loss(cfg.loss.name)
     opt = build_optimizer(step, cfg.train.lr, cfg.train.weight_decay)
     s, t = cfg.data.cxr.size, round(cfg.data.ecg.fs * cfg.data.ecg.seconds)
-    texts = ["[RAD] FINDINGS: The heart is enlarged. Small left pleural effusion. IMPRESSION: Cardiomegaly. "
-             "[ECG] Atrial fibrillation. Low QRS voltages in limb leads. Abnormal ECG."] * batch
+    text = (
+        "[RAD] FINDINGS: The heart is enlarged. Small left pleural effusion. IMPRESSION: Cardiomegaly. "
+        "[ECG] Atrial fibrillation. Low QRS voltages in limb leads. Abnormal ECG."
+    )
+    texts = [text] * batch
     inputs = {"cxr": torch.rand(batch, 1, s, s), "ecg": torch.randn(batch, 12, t) * 0.3, "report": texts}
     if cfg.model.report.freeze and cfg.train.cache_text:
         # as the trainer does: a frozen text encoder's features are computed once and cached

@@ -25,3 +25,27 @@ def test_user_mistake_is_one_line_without_traceback(tmp_path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "missing.parquet" in proc.stderr and "manifest not found" in proc.stderr
+
+
+def test_prepare_commands_exist_for_every_preparer_and_run(tmp_path) -> None:
+    from pathlib import Path
+
+    import pytest
+
+    from medtriad.data.sources import PREPARERS
+    from medtriad.data.validate import validate_manifest
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["prepare", "--help"])
+    for name in PREPARERS:
+        assert name in res.output
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ecg" / "cpsc2018"
+    if not root.is_dir():
+        pytest.skip("shared data not present")
+    tables = root.parent / "cinc2021"
+    maps = ["--mapping", str(tables / "dx_mapping_scored.csv"), "--mapping", str(tables / "dx_mapping_unscored.csv")]
+    res = runner.invoke(app, ["prepare", "cinc", "--root", str(root), "--out", str(tmp_path / "m"), "--labels", "af,rbbb", *maps])
+    assert res.exit_code == 0, res.output
+    assert validate_manifest(tmp_path / "m" / "manifest.parquet", workers=1, progress=False).ok
+    res = runner.invoke(app, ["prepare", "cinc", "--root", str(root), "--out", str(tmp_path / "x"), "--split-all", "holdout", *maps])
+    assert res.exit_code != 0

@@ -85,6 +85,46 @@ def _config(path: Path | None, overrides: list[str], **flags: object) -> Config:
     return load_config(path, [*overrides, *extra])
 
 
+def _add_preparer_commands() -> None:
+    """One `medtriad prepare <dataset>` command per preparer, its options read from the
+    preparer's own signature and help (medtriad.data.sources.option_help)."""
+    import inspect
+
+    from medtriad.data.sources import PREPARERS, option_help, prepare_dataset
+
+    for name in PREPARERS:
+        options = option_help(name)
+
+        def command(root: Path, out: Path, _name: str = name, **kwargs: object) -> None:
+            from medtriad.data.sources import summary_table
+
+            summary = prepare_dataset(_name, root, out, **kwargs)
+            console.print(summary_table(summary))
+            console.print(f"manifest written: {out / 'manifest.parquet'}")
+
+        params = [
+            inspect.Parameter("root", inspect.Parameter.KEYWORD_ONLY,
+                              annotation=Annotated[Path, typer.Option("--root", help="The dataset folder as downloaded.")]),
+            inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY,
+                              annotation=Annotated[Path, typer.Option("--out", help="Folder for manifest.parquet and prepare_summary.json.")]),
+        ]
+        for opt, meta in options.items():
+            params.append(inspect.Parameter(opt, inspect.Parameter.KEYWORD_ONLY, default=meta["default"],
+                                            annotation=Annotated[meta["type"], typer.Option(help=meta["help"])]))
+
+        def make(f: object, n: str, ps: list[inspect.Parameter]) -> object:
+            def wrapper(**kwargs: object) -> None:
+                f(kwargs.pop("root"), kwargs.pop("out"), n, **kwargs)  # type: ignore[operator]
+
+            wrapper.__signature__ = inspect.Signature(ps)  # type: ignore[attr-defined]
+            wrapper.__annotations__ = {p.name: p.annotation for p in ps}
+            doc = (PREPARERS[n].__doc__ or f"Prepare {n}.").strip().splitlines()[0]
+            wrapper.__doc__ = doc
+            return wrapper
+
+        prepare_app.command(name)(make(command, name, params))
+
+
 @prepare_app.command("shards")
 def prepare_shards_cmd(
     manifest: Annotated[Path, typer.Argument(help="manifest.parquet to preprocess.")],
@@ -99,6 +139,9 @@ def prepare_shards_cmd(
 
     folder = prepare_shards_for_config(manifest, out, _config(config, overrides), workers=workers, fail_fast=fail_fast)
     console.print(f"shards written: {folder}")
+
+
+_add_preparer_commands()
 
 
 @app.command()
@@ -135,6 +178,26 @@ def model_summary_cmd(
     from medtriad.models.summary import model_summary, summary_table
 
     console.print(summary_table(model_summary(_config(config, overrides))))
+
+
+@app.command()
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder or saved model folder.")],
+    cxr: Annotated[Path | None, typer.Option(help="X-ray file (PNG/JPEG/DICOM).")] = None,
+    ecg: Annotated[Path | None, typer.Option(help="ECG record (.hea/.dat/.mat/.npy).")] = None,
+    text: Annotated[str | None, typer.Option(help="Report text; [RAD]/[ECG] markers optional.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("explain_out"),
+    ig_steps: Annotated[int, typer.Option(help="Integrated-gradients steps for report words.")] = 32,
+    ig_baseline: Annotated[str, typer.Option(help="Integrated-gradients baseline: pad or zeros.")] = "pad",
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+) -> None:
+    """Explain a match between two or three inputs: X-ray patches, ECG segments, report words."""
+    from medtriad.explain import explain_inputs
+
+    result = explain_inputs(run_dir, cxr=cxr, ecg=ecg, text=text, out=out, ig_steps=ig_steps,
+                            ig_baseline=ig_baseline, device=device)
+    console.print({"pairs": {k: round(v, 4) for k, v in result.pair_scores.items()}, "tuple": result.tuple_score})
+    console.print(f"explanation written: {out / 'explain.html'}")
 
 
 @app.command()

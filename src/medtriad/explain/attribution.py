@@ -1,0 +1,377 @@
+"""Attribution methods: what in one input drives its match with the other inputs.
+
+Every method explains a *match score* of one input's embedding ``z`` (unit vector, the model's
+``encode`` output) against the fixed embeddings of the other inputs (`MatchScore`):
+
+* `token_similarity`: each X-ray patch / ECG time token, passed through the modality's head
+  (`MultiModalModel.project_tokens`), compared with the score's target direction;
+* `attention_relevance`: gradient-weighted attention rollout of the score. Per layer ``l``,
+  ``Ā_l = mean_heads(relu(dS/dA_l * A_l))``; then ``R = (I + Ā_L) ... (I + Ā_1)``, not
+  row-normalised (the relevance is compared within a map, so a common scale is irrelevant);
+  the relevance of token ``j`` is ``R[cls, j]``;
+* `lead_occlusion`: the score drop when one ECG lead is zeroed (all leads in one batch);
+* `integrated_gradients`: report token attributions on the input word embeddings, integrated
+  from a baseline of ``[PAD]`` embeddings (special tokens kept) by Gauss-Legendre quadrature,
+  then summed from sub-word tokens to words.
+
+All methods run the model in eval mode (no DropKey, BatchNorm running statistics) and restore
+its previous mode afterwards; inputs are batched, so a server or an evaluation can explain many
+samples at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medtriad.data.text import split_combined
+from medtriad.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "GEOMETRIES",
+    "MatchScore",
+    "TextAttribution",
+    "attention_relevance",
+    "embed_tokens",
+    "eval_mode",
+    "integrated_gradients",
+    "lead_occlusion",
+    "loss_geometry",
+    "rollout",
+    "token_similarity",
+]
+
+Geometry = Literal["cosine", "mip", "volume"]
+GEOMETRIES: tuple[str, ...] = ("cosine", "mip", "volume")
+_LOSS_GEOMETRY = {"symile": "mip", "gram": "volume"}
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def loss_geometry(loss_name: str) -> Geometry:
+    """How a loss compares a tuple: ``mip`` (Symile), ``volume`` (GRAM), else ``cosine``."""
+    return _LOSS_GEOMETRY.get(loss_name, "cosine")  # type: ignore[return-value]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put `model` in eval mode for the block, then restore each submodule's own mode."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+# --------------------------------------------------------------------------- scores
+
+
+@dataclass(frozen=True)
+class MatchScore:
+    """Score of an embedding ``z`` against fixed embeddings of the other inputs.
+
+    ``cosine``: ``sum_o z . o`` (the sum of the pairwise similarities involving this input; with
+    one other input, the cosine similarity). ``mip``: Symile's ``sum_k z_k prod_o o_k``.
+    ``volume``: minus GRAM's volume ``sqrt(det G)`` of ``[z; others]`` (larger = better match).
+    Each ``other`` is (d,) or (B, d); ``z`` is (..., B, d) and the score (..., B), so a stack of
+    perturbed copies of a batch is scored in one call.
+    """
+
+    others: tuple[Tensor, ...]
+    geometry: Geometry = "cosine"
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if not self.others:
+            raise ConfigError("explain", "a match needs at least one other input")
+        if self.geometry not in GEOMETRIES:
+            raise ConfigError(
+                "explain.geometry", f"unknown geometry {self.geometry!r}; known: {GEOMETRIES}"
+            )
+
+    def target(self) -> Tensor:
+        """The direction ``t`` with ``score(z) = z . t`` (for ``volume``: the sum of the others,
+        the direction that shrinks the volume fastest from a matching tuple)."""
+        if self.geometry == "mip":
+            out = self.others[0]
+            for o in self.others[1:]:
+                out = out * o
+            return out
+        return torch.stack(torch.broadcast_tensors(*self.others)).sum(0)
+
+    def __call__(self, z: Tensor) -> Tensor:
+        if self.geometry != "volume":
+            return (z * self.target().to(z)).sum(-1)
+        rows = torch.stack(torch.broadcast_tensors(z, *(o.to(z) for o in self.others)), dim=-2)
+        gram = rows @ rows.transpose(-1, -2)
+        return -torch.linalg.det(gram).clamp_min(self.eps).sqrt()
+
+
+def embed_tokens(
+    model: Any, modality: str, tokens: Tensor, attention_mask: Tensor | None = None
+) -> Tensor:
+    """Unit embeddings (B, d) from encoder tokens, as `MultiModalModel.encode` computes them."""
+    if modality == "report":
+        if attention_mask is None:
+            raise ValueError("report tokens need their attention mask")
+        pooled = model.encoders["report"].pool(tokens, attention_mask)
+    else:
+        pooled = tokens[:, 0]
+    return F.normalize(model.heads[modality](pooled).float(), dim=-1)
+
+
+# --------------------------------------------------------------------------- token maps
+
+
+def token_similarity(
+    model: Any, modality: str, x: Tensor, target: Tensor, lead_mask: Tensor | None = None
+) -> Tensor:
+    """(B, N) similarity of each patch/time token's projection with ``target`` ((d,) or (B, d)).
+
+    The class token is left out; for X-rays, row-major over the patch grid.
+    """
+    _check_token_modality(modality)
+    with eval_mode(model), torch.no_grad():
+        tokens = model.forward_tokens(modality, x, lead_mask)
+        z = model.project_tokens(modality, tokens)[:, 1:]
+        t = target.to(z)
+        return (z * (t[:, None] if t.ndim == 2 else t)).sum(-1)
+
+
+def rollout(attentions: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
+    """Gradient-weighted attention rollout: ``prod_l (I + mean_h relu(grad_l * A_l))``, (B, N, N).
+
+    Layers are given in forward order; the first layer's factor is rightmost.
+    """
+    if not attentions or len(attentions) != len(grads):
+        raise ValueError(
+            f"need one gradient per attention map, got {len(attentions)} and {len(grads)}"
+        )
+    b, _, n, _ = attentions[0].shape
+    relevance = torch.eye(n, dtype=attentions[0].dtype, device=attentions[0].device).expand(b, n, n)
+    for a, g in zip(attentions, grads):
+        a_bar = (g * a).clamp_min(0).mean(dim=1)
+        relevance = relevance + a_bar @ relevance
+    return relevance
+
+
+def attention_relevance(
+    model: Any, modality: str, x: Tensor, score: MatchScore, lead_mask: Tensor | None = None
+) -> Tensor:
+    """(B, N) relevance of each patch/time token for ``score`` (class-token row of `rollout`)."""
+    _check_token_modality(modality)
+    encoder = model.encoders[modality]
+    x = x.detach().to(model.device, torch.float32).requires_grad_(True)  # a graph even if frozen
+    with eval_mode(model), torch.enable_grad(), encoder.capture_attention() as maps:
+        tokens = model.forward_tokens(modality, x, lead_mask)
+        s = score(embed_tokens(model, modality, tokens))
+        grads = torch.autograd.grad(s.sum(), maps)
+    return rollout([m.detach() for m in maps], grads)[:, 0, 1:]
+
+
+def lead_occlusion(
+    model: Any, x: Tensor, score: MatchScore, lead_mask: Tensor | None = None
+) -> Tensor:
+    """(B, leads) score drop when each ECG lead in turn is zeroed (all copies in one batch)."""
+    x = x.to(model.device, torch.float32)
+    b, leads, t = x.shape
+    keep = torch.cat(
+        [x.new_ones(1, leads), 1.0 - torch.eye(leads, device=x.device)]
+    )  # (1 + leads, leads)
+    copies = (x[None] * keep[:, None, :, None]).reshape(-1, leads, t)
+    mask = None
+    if lead_mask is not None:
+        lm = lead_mask.to(x.device, torch.bool)
+        mask = (lm[None] & keep.bool()[:, None]).reshape(-1, leads)
+    with eval_mode(model), torch.no_grad():
+        tokens = model.forward_tokens("ecg", copies, mask)
+        s = score(embed_tokens(model, "ecg", tokens).reshape(1 + leads, b, -1))  # (1 + leads, B)
+    return (s[:1] - s[1:]).T
+
+
+def _check_token_modality(modality: str) -> None:
+    if modality not in ("cxr", "ecg"):
+        raise ConfigError("explain", f"token maps exist for cxr and ecg, not {modality!r}")
+
+
+# --------------------------------------------------------------------------- report words
+
+
+@dataclass
+class TextAttribution:
+    """Integrated-gradients attributions of one report, per token and per word.
+
+    ``parts`` are the text pieces the tokenizer saw (radiology, cardiology when encoded as a
+    pair); each word is ``(part, start, end)`` character offsets into its part. ``delta`` is
+    ``score - baseline_score``, which the token attributions sum to up to quadrature error.
+    """
+
+    tokens: list[str]
+    token_scores: np.ndarray
+    words: list[str]
+    word_scores: np.ndarray
+    word_spans: list[tuple[int, int, int]]
+    parts: list[str]
+    score: float
+    baseline_score: float
+    steps: int
+    baseline: str
+
+    @property
+    def delta(self) -> float:
+        return self.score - self.baseline_score
+
+    def top_words(self, k: int = 5) -> list[tuple[str, float]]:
+        """The `k` words with the largest attributions, best first."""
+        order = np.argsort(-self.word_scores, kind="stable")[:k]
+        return [(self.words[i], float(self.word_scores[i])) for i in order]
+
+
+def _text_parts(encoder: Any, text: str) -> list[str]:
+    """The pieces `TextEncoder.tokenize` feeds its tokenizer for `text` (markers removed)."""
+    radiology, cardiology = split_combined(text or "")
+    if encoder.pair_sections and radiology and cardiology:
+        return [radiology, cardiology]
+    return [" ".join(p for p in (radiology, cardiology) if p)]
+
+
+def _word_groups(
+    enc: Any, parts: list[str]
+) -> tuple[list[str], list[tuple[int, int, int]], np.ndarray]:
+    """Words (text, span) and each token's word index (-1 for special tokens)."""
+    word_ids, seq_ids, offsets = enc.word_ids(0), enc.sequence_ids(0), enc["offset_mapping"][0]
+    keys: dict[tuple[int, int], int] = {}
+    spans: list[list[int]] = []
+    index = np.full(len(word_ids), -1, dtype=np.int64)
+    for i, (w, s) in enumerate(zip(word_ids, seq_ids)):
+        if w is None or s is None:
+            continue
+        start, end = (int(v) for v in offsets[i])
+        k = keys.setdefault((s, w), len(spans))
+        if k == len(spans):
+            spans.append([s, start, end])
+        else:
+            spans[k][1], spans[k][2] = min(spans[k][1], start), max(spans[k][2], end)
+        index[i] = k
+    words = [parts[s][a:b] for s, a, b in spans]
+    return words, [(s, a, b) for s, a, b in spans], index
+
+
+def integrated_gradients(
+    model: Any,
+    text: str,
+    score: MatchScore,
+    *,
+    steps: int = 32,
+    baseline: Literal["pad", "zeros"] = "pad",
+    batch_size: int = 16,
+) -> TextAttribution:
+    """Integrated gradients of ``score`` w.r.t. the report's input word embeddings.
+
+    The path runs from a baseline (``pad``: the ``[PAD]`` token's embedding at every non-special
+    position; ``zeros``: zero vectors there) to the input; special tokens ([CLS], [SEP]) keep
+    their embeddings, so their attribution is zero. The path integral uses `steps`
+    Gauss-Legendre nodes (exact for polynomials of degree < 2 * steps, far smaller
+    completeness error than a Riemann sum at the same cost). Token attributions are summed over
+    the embedding dimension and over the sub-word tokens of each word.
+    """
+    if steps < 1:
+        raise ConfigError("explain.ig_steps", f"must be at least 1, got {steps}")
+    if baseline not in ("pad", "zeros"):
+        raise ConfigError("explain.ig_baseline", f"must be 'pad' or 'zeros', got {baseline!r}")
+    if "report" not in model.encoders:
+        raise ConfigError("data.modalities", "this model has no report encoder")
+    encoder = model.encoders["report"]
+    tokenizer = encoder.tokenizer
+    parts = _text_parts(encoder, text)
+    enc = tokenizer(
+        *([p] for p in parts),
+        truncation=True,
+        max_length=encoder.max_length,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+        return_tensors="pt",
+    )
+    if len(tokenizer(*parts, truncation=False)["input_ids"]) > enc["input_ids"].shape[1]:
+        log.warning("report cut at %d tokens: later words get no attribution", encoder.max_length)
+    words, spans, word_index = _word_groups(enc, parts)
+    device = model.device
+    inputs = {k: enc[k].to(device) for k in _MODEL_INPUTS if k in enc}
+    if getattr(encoder.hf_config, "type_vocab_size", 2) < 2:
+        inputs.pop("token_type_ids", None)
+    embedding = encoder.backbone.get_input_embeddings()
+    ids = inputs["input_ids"]
+    special = enc["special_tokens_mask"].to(device).bool()[0]
+    with torch.no_grad():
+        x = embedding(ids)[0].float()  # (L, D)
+        if baseline == "pad" and tokenizer.pad_token_id is not None:
+            fill = embedding(torch.tensor([tokenizer.pad_token_id], device=device))[0].float()
+        else:
+            fill = torch.zeros_like(x[0])
+        base = torch.where(special[:, None], x, fill.expand_as(x))
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    alphas = torch.tensor((nodes + 1) / 2, dtype=torch.float32, device=device)
+    w = torch.tensor(weights / 2, dtype=torch.float32, device=device)
+
+    def run(emb: Tensor) -> Tensor:
+        n = len(emb)
+        kw = {k: v.expand(n, -1) for k, v in inputs.items() if k != "input_ids"}
+        tokens = encoder.backbone(
+            inputs_embeds=emb.to(embedding.weight.dtype), **kw
+        ).last_hidden_state
+        return score(embed_tokens(model, "report", tokens, kw["attention_mask"]))
+
+    grad_sum = torch.zeros_like(x)
+    with eval_mode(model):
+        with torch.no_grad():
+            ends = run(torch.stack([x, base]))
+        for chunk in range(0, steps, batch_size):
+            a = alphas[chunk : chunk + batch_size, None, None]
+            path = (base + a * (x - base)).detach().requires_grad_(True)
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(run(path).sum(), path)
+            grad_sum += (w[chunk : chunk + batch_size, None, None] * g).sum(0)
+    token_scores = ((x - base) * grad_sum).sum(-1).cpu().numpy().astype(np.float64)
+    gap = abs(token_scores.sum() - float(ends[0] - ends[1]))
+    if gap > 0.05 * max(np.abs(token_scores).sum(), 1e-12):
+        log.warning(
+            "integrated gradients: attributions miss the score change by %.3g; raise the steps", gap
+        )
+    word_scores = np.zeros(len(words), dtype=np.float64)
+    keep = word_index >= 0
+    np.add.at(word_scores, word_index[keep], token_scores[keep])
+    return TextAttribution(
+        tokens=tokenizer.convert_ids_to_tokens(ids[0].tolist()),
+        token_scores=token_scores,
+        words=words,
+        word_scores=word_scores,
+        word_spans=spans,
+        parts=parts,
+        score=float(ends[0]),
+        baseline_score=float(ends[1]),
+        steps=steps,
+        baseline=baseline,
+    )
+
+
+def as_batch(x: np.ndarray | Tensor, ndim: int) -> Tensor:
+    """A float32 tensor with a leading batch dimension added when `x` has ``ndim - 1`` dims."""
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x, dtype=torch.float32)
+    return t[None] if t.ndim == ndim - 1 else t
+
+
+def unit_embeddings(model: Any, inputs: Mapping[str, Any]) -> dict[str, Tensor]:
+    """`MultiModalModel.encode` in eval mode without gradients."""
+    with eval_mode(model), torch.no_grad():
+        return model.encode(dict(inputs))

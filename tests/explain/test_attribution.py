@@ -1,0 +1,303 @@
+"""Attribution methods: exact formulas, known answers, completeness, and the randomisation check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medtriad.data.text import combine_report
+from medtriad.explain import (
+    MatchScore,
+    attention_relevance,
+    cxr_maps,
+    ecg_maps,
+    integrated_gradients,
+    lead_occlusion,
+    rollout,
+    token_similarity,
+)
+from medtriad.explain.attribution import embed_tokens, unit_embeddings
+from medtriad.explain.quality import spearman
+from medtriad.losses.gram import gram_volume
+
+from .conftest import tiny_config
+
+REPORT = combine_report(
+    "Moderate cardiomegaly. Small left pleural effusion.", "Atrial fibrillation."
+)
+
+
+def unit(*shape: int, seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def inputs(seed: int = 0, b: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 1, 32, 32, generator=g), torch.randn(b, 12, 100, generator=g) * 0.3
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def test_match_score_geometries_follow_their_formulas() -> None:
+    z, a, b = unit(3, 8, seed=1), unit(3, 8, seed=2), unit(3, 8, seed=3)
+    assert torch.allclose(MatchScore((a,), "cosine")(z), (z * a).sum(-1))
+    assert torch.allclose(MatchScore((a, b), "cosine")(z), (z * a).sum(-1) + (z * b).sum(-1))
+    assert torch.allclose(MatchScore((a, b), "mip")(z), (z * a * b).sum(-1))
+    volume = torch.stack(
+        [gram_volume(z[i : i + 1], [a[i : i + 1], b[i : i + 1]])[0, 0] for i in range(3)]
+    )
+    assert torch.allclose(MatchScore((a, b), "volume")(z), -volume, atol=1e-5)
+    # linear geometries: the target direction reproduces the score
+    for geometry in ("cosine", "mip"):
+        s = MatchScore((a, b), geometry)
+        assert torch.allclose((z * s.target()).sum(-1), s(z))
+
+
+def test_match_score_broadcasts_over_stacked_copies() -> None:
+    z, a = unit(5, 3, 8, seed=1), unit(3, 8, seed=2)
+    s = MatchScore((a,))
+    assert s(z).shape == (5, 3)
+    assert torch.allclose(s(z)[4], s(z[4]))
+
+
+# --------------------------------------------------------------------------- rollout
+
+
+def test_rollout_is_the_product_of_identity_plus_weighted_attention() -> None:
+    g = torch.Generator().manual_seed(0)
+    attn = [torch.rand(2, 3, 5, 5, generator=g).softmax(-1) for _ in range(3)]
+    grads = [torch.randn(2, 3, 5, 5, generator=g) for _ in range(3)]
+    expected = torch.eye(5).expand(2, 5, 5)
+    for a, gr in zip(attn, grads):
+        expected = (torch.eye(5) + (gr * a).clamp_min(0).mean(1)) @ expected
+    assert torch.allclose(rollout(attn, grads), expected, atol=1e-6)
+
+
+def test_rollout_points_where_the_class_token_attends_with_positive_gradient() -> None:
+    n = 6
+    uniform = torch.full((1, 2, n, n), 1.0 / n)
+    last = torch.eye(n).repeat(1, 2, 1, 1)
+    last[:, :, 0] = 0.0
+    last[:, :, 0, 4] = 1.0  # the class token reads token 4 only
+    grads = [torch.ones(1, 2, n, n), torch.ones(1, 2, n, n)]
+    relevance = rollout([uniform, last], grads)[0, 0, 1:]
+    assert int(relevance.argmax()) == 3  # token 4 = patch index 3
+    grads[1][:, :, 0, 4] = -1.0  # a negative gradient removes that path
+    assert float(rollout([uniform, last], grads)[0, 0, 4]) < float(relevance[3])
+
+
+# --------------------------------------------------------------------------- token maps
+
+
+def test_token_similarity_equals_a_direct_computation(tiny_model) -> None:
+    cxr, ecg = inputs()
+    target = unit(8, seed=5)
+    with torch.no_grad():
+        for modality, x in (("cxr", cxr), ("ecg", ecg)):
+            tokens = tiny_model.forward_tokens(modality, x)[:, 1:]
+            z = F.normalize(
+                tiny_model.heads[modality](tokens.reshape(-1, tokens.shape[-1])), dim=-1
+            )
+            direct = (z @ target).reshape(len(x), -1)
+            assert torch.allclose(
+                token_similarity(tiny_model, modality, x, target), direct, atol=1e-5
+            )
+
+
+def test_maps_have_the_token_shapes_and_are_finite(tiny_model) -> None:
+    cxr, ecg = inputs(b=3)
+    s = MatchScore((unit(3, 8),))
+    grid = cxr_maps(tiny_model, cxr, s)
+    assert {k: v.shape for k, v in grid.items()} == {
+        "similarity": (3, 4, 4),
+        "relevance": (3, 4, 4),
+    }
+    e = ecg_maps(tiny_model, ecg, s)
+    assert {k: v.shape for k, v in e.items()} == {
+        "similarity": (3, 10),
+        "relevance": (3, 10),
+        "occlusion": (3, 12),
+    }
+    for v in [*grid.values(), *e.values()]:
+        assert np.isfinite(v).all()
+    assert (grid["relevance"] >= 0).all() and grid["relevance"].max() > 0
+
+
+def test_class_token_embedding_is_what_encode_returns(tiny_model) -> None:
+    cxr, ecg = inputs()
+    emb = unit_embeddings(tiny_model, {"cxr": cxr, "ecg": ecg})
+    with torch.no_grad():
+        for modality, x in (("cxr", cxr), ("ecg", ecg)):
+            z = embed_tokens(tiny_model, modality, tiny_model.forward_tokens(modality, x))
+            assert torch.allclose(z, emb[modality], atol=1e-6)
+
+
+def test_explaining_restores_train_mode(tiny_config_model_train) -> None:
+    model = tiny_config_model_train
+    cxr, _ = inputs()
+    attention_relevance(model, "cxr", cxr, MatchScore((unit(8),)))
+    assert model.training and model.heads["cxr"].training
+
+
+@pytest.fixture
+def tiny_config_model_train():
+    from medtriad.models import build_model
+
+    return build_model(tiny_config("data.modalities=[cxr,ecg]")).train()
+
+
+# --------------------------------------------------------------------------- occlusion
+
+
+def test_occlusion_is_the_score_drop_and_zero_for_an_empty_lead(tiny_model) -> None:
+    _, ecg = inputs()
+    ecg[:, 3] = 0.0
+    target = unit(2, 8, seed=7)
+    s = MatchScore((target,))
+    drop = lead_occlusion(tiny_model, ecg, s)
+    assert drop.shape == (2, 12)
+    assert torch.allclose(drop[:, 3], torch.zeros(2), atol=1e-6)
+    assert (drop.abs() > 1e-6).sum() >= 10
+    for lead in (0, 7):
+        occluded = ecg.clone()
+        occluded[:, lead] = 0.0
+        before = s(unit_embeddings(tiny_model, {"ecg": ecg})["ecg"])
+        after = s(unit_embeddings(tiny_model, {"ecg": occluded})["ecg"])
+        assert torch.allclose(drop[:, lead], before - after, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- integrated gradients
+
+
+@pytest.fixture(scope="module")
+def linear_head_model():
+    from medtriad.models import build_model
+
+    return build_model(tiny_config("model.head.type=linear")).eval()
+
+
+def test_ig_attributions_sum_to_the_score_difference(linear_head_model) -> None:
+    s = MatchScore((unit(1, 8, seed=3),))
+    errors = {}
+    for steps in (4, 32):
+        ig = integrated_gradients(linear_head_model, REPORT, s, steps=steps)
+        errors[steps] = abs(ig.token_scores.sum() - ig.delta)
+    assert abs(ig.delta) > 1e-3
+    assert errors[32] <= 0.01 * np.abs(ig.token_scores).sum()
+    assert errors[32] < errors[4]
+    assert np.isclose(ig.word_scores.sum(), ig.token_scores.sum())
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_ig_endpoint_is_the_model_score_and_words_are_whole(linear_head_model, pair: bool) -> None:
+    encoder = linear_head_model.encoders["report"]
+    previous, encoder.pair_sections = encoder.pair_sections, pair
+    try:
+        other = unit(1, 8, seed=4)
+        s = MatchScore((other,))
+        ig = integrated_gradients(linear_head_model, REPORT, s, steps=4)
+        z = unit_embeddings(linear_head_model, {"report": [REPORT]})["report"]
+        assert ig.score == pytest.approx(float(s(z)[0]), abs=1e-5)
+        assert len(ig.parts) == (2 if pair else 1)
+        assert "cardiomegaly" in ig.words and "fibrillation" in ig.words
+        assert len(ig.tokens) > len(ig.words)  # sub-words were merged
+        special = [i for i, t in enumerate(ig.tokens) if t in ("[CLS]", "[SEP]")]
+        assert np.allclose(ig.token_scores[special], 0.0)
+    finally:
+        encoder.pair_sections = previous
+
+
+def test_ig_baseline_and_steps_are_validated(linear_head_model) -> None:
+    from medtriad.errors import ConfigError
+
+    s = MatchScore((unit(1, 8),))
+    with pytest.raises(ConfigError):
+        integrated_gradients(linear_head_model, REPORT, s, steps=0)
+    with pytest.raises(ConfigError):
+        integrated_gradients(linear_head_model, REPORT, s, baseline="mask")  # type: ignore[arg-type]
+    zeros = integrated_gradients(linear_head_model, REPORT, s, steps=8, baseline="zeros")
+    pad = integrated_gradients(linear_head_model, REPORT, s, steps=8, baseline="pad")
+    assert zeros.baseline_score != pytest.approx(pad.baseline_score)
+
+
+# --------------------------------------------------------------------- known answer, randomisation
+
+
+_CHECKER = ((torch.arange(8)[:, None] + torch.arange(8)[None]) % 2).float()
+
+
+def patch_images(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """32 x 32 images holding a checkerboard patch and a second patch: a solid grey one (label 1,
+    same mean brightness) or another checkerboard (label 0). Returns images, labels, solid patch."""
+    where = torch.stack([torch.randperm(16, generator=g)[:2] for _ in range(n)])
+    label = torch.randint(0, 2, (n,), generator=g)
+    x = torch.rand(n, 1, 32, 32, generator=g) * 0.1
+    for i in range(n):
+        (r, c), (r2, c2) = divmod(int(where[i, 0]), 4), divmod(int(where[i, 1]), 4)
+        x[i, 0, r2 * 8 : r2 * 8 + 8, c2 * 8 : c2 * 8 + 8] += _CHECKER
+        x[i, 0, r * 8 : r * 8 + 8, c * 8 : c * 8 + 8] += 0.5 if label[i] else _CHECKER
+    return x, label, where[:, 0]
+
+
+@pytest.fixture(scope="module")
+def solid_patch_model():
+    """An X-ray encoder trained so that its embedding points to target 1 iff a solid patch shows."""
+    from medtriad.models import build_model
+
+    model = build_model(tiny_config("model.head.type=linear", "data.modalities=[cxr,ecg]"))
+    targets = unit(2, 8, seed=11)
+    g = torch.Generator().manual_seed(0)
+    params = [p for n, p in model.named_parameters() if n.startswith(("encoders.cxr", "heads.cxr"))]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    model.train()
+    for _ in range(150):
+        x, label, _ = patch_images(32, g)
+        z = F.normalize(model.heads["cxr"](model.features("cxr", x)), dim=-1)
+        loss = F.cross_entropy(10 * z @ targets.T, label)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), targets
+
+
+def test_relevance_finds_the_patch_that_decides_the_match(solid_patch_model) -> None:
+    from medtriad.models import build_model
+
+    model, targets = solid_patch_model
+    x, label, solid = patch_images(96, torch.Generator().manual_seed(1))
+    x, solid = x[label == 1], solid[label == 1]
+    s = MatchScore((targets[1],))
+    assert (unit_embeddings(model, {"cxr": x})["cxr"] @ targets.T).argmax(1).float().mean() > 0.9
+    trained = attention_relevance(model, "cxr", x, s).argmax(1)
+    assert (trained == solid).float().mean() >= 0.9
+    # an untrained encoder is drawn to the high-contrast checkerboard instead
+    fresh = build_model(
+        tiny_config("model.head.type=linear", "data.modalities=[cxr,ecg]", "seed=5")
+    ).eval()
+    assert (attention_relevance(fresh, "cxr", x, s).argmax(1) == solid).float().mean() <= 0.3
+
+
+def test_randomisation_check_reinitialised_weights_change_the_maps(solid_patch_model) -> None:
+    """Mean Spearman correlation (over images and three re-initialisations) below 0.3."""
+    from medtriad.models import build_model
+
+    model, targets = solid_patch_model
+    x, _, _ = patch_images(16, torch.Generator().manual_seed(2))
+    s = MatchScore((targets[1],))
+    a = cxr_maps(model, x, s)
+    rho: dict[str, list[float]] = {"similarity": [], "relevance": []}
+    for seed in (5, 9, 13):
+        config = tiny_config("model.head.type=linear", "data.modalities=[cxr,ecg]", f"seed={seed}")
+        b = cxr_maps(build_model(config).eval(), x, s)
+        for method, values in rho.items():
+            values += [spearman(a[method][i], b[method][i]) for i in range(len(x))]
+    for method, values in rho.items():
+        assert np.mean(values) < 0.3, (method, np.mean(values))
+    # the same weights give the same maps (the check can fail)
+    again = cxr_maps(model, x, s)
+    assert (
+        np.mean([spearman(a["relevance"][i], again["relevance"][i]) for i in range(len(x))]) > 0.99
+    )

@@ -1,0 +1,121 @@
+"""Token maps to pixels and samples, and the scores that check maps (pointing game, ECG windows)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medtriad.data.cxr import resize_cxr
+from medtriad.explain.maps import grid_to_native, image_peak, to_grid, upsample_grid, upsample_time
+from medtriad.explain.quality import (
+    dilate,
+    ecg_windows,
+    pointing_hit,
+    random_hit_rate,
+    spearman,
+    window_fraction,
+)
+
+
+def test_to_grid_is_row_major_and_checks_the_count() -> None:
+    assert to_grid(np.arange(6), (2, 3))[1, 0] == 3
+    with pytest.raises(ValueError):
+        to_grid(np.arange(7), (2, 3))
+
+
+def test_upsampled_patch_peaks_inside_its_patch_and_keeps_constants() -> None:
+    grid = np.zeros((4, 4))
+    grid[1, 2] = 1.0
+    up = upsample_grid(grid, 32)
+    assert up.shape == (32, 32)
+    r, c = image_peak(up)
+    assert 8 <= r < 16 and 16 <= c < 24
+    assert np.allclose(upsample_grid(np.full((2, 4, 4), 0.7), (16, 16)), 0.7)
+
+
+def smooth_image(h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return (0.2 + 0.6 * (y / h) * 0.5 + 0.3 * (x / w)).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(120, 80), (80, 120)])
+def test_native_mapping_inverts_the_padded_resize(shape: tuple[int, int]) -> None:
+    native = smooth_image(*shape)
+    model_input = resize_cxr(native, 64, "pad")  # letterboxed on black
+    back = grid_to_native(model_input, shape, 64, "pad")  # a 64 x 64 "grid" = one token per pixel
+    assert back.shape == shape and np.isfinite(back).all()
+    inner = back[4:-4, 4:-4] - native[4:-4, 4:-4]
+    assert np.abs(inner).max() < 0.02  # the bars never leak into the picture
+
+
+def test_native_mapping_of_a_crop_marks_unseen_pixels() -> None:
+    shape = (80, 120)
+    native = smooth_image(*shape)
+    model_input = resize_cxr(native, 64, "crop")
+    back = grid_to_native(model_input, shape, 64, "crop")
+    seen = np.isfinite(back)
+    assert seen[:, 60].all() and not seen[:, 0].any() and not seen[:, -1].any()
+    assert np.abs(back[4:-4][seen[4:-4]] - native[4:-4][seen[4:-4]]).max() < 0.03
+
+
+def test_upsample_time_covers_every_sample_and_peaks_in_the_token() -> None:
+    tokens = np.zeros(10)
+    tokens[6] = 1.0
+    up = upsample_time(tokens, 105)  # 5 samples past the last full patch
+    assert up.shape == (105,)
+    assert 60 <= int(np.argmax(up)) < 70
+    assert np.allclose(upsample_time(np.full((3, 10), 2.0), 100), 2.0)
+
+
+# --------------------------------------------------------------------------- quality scores
+
+
+def test_pointing_hit_uses_the_maximum_and_the_tolerance() -> None:
+    mask = np.zeros((20, 20), bool)
+    mask[5:8, 5:8] = True
+    m = np.zeros((20, 20))
+    m[9, 6] = 1.0  # two pixels below the region
+    assert not pointing_hit(m, mask)
+    assert pointing_hit(m, mask, tolerance=2)
+    assert not pointing_hit(m, mask, tolerance=1)
+    m[6, 6] = 2.0
+    assert pointing_hit(m, mask)
+
+
+def test_random_hit_rate_is_the_area_share() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[:5] = True
+    assert random_hit_rate(mask) == 0.5
+    assert random_hit_rate(mask, tolerance=1) == 0.6
+    assert dilate(mask, 0) is not None and dilate(mask, 0).sum() == 50
+
+
+def test_ecg_windows_pair_each_onset_with_the_next_offset_and_resample() -> None:
+    # beats at 500 Hz; an offset before the first onset belongs to a beat cut by the record start
+    ann = {
+        "ecg_qrs_onsets": np.array([100, 600]),
+        "ecg_qrs_offsets": np.array([20, 150, 650]),
+        "ecg_t_offsets": np.array([350, 850]),
+    }
+    w = ecg_windows(ann, n_samples=100, fs_annotations=500, fs=50)
+    assert np.flatnonzero(w["qrs"]).tolist() == [*range(10, 15), *range(60, 65)]
+    assert np.flatnonzero(w["tp"]).tolist() == list(range(35, 60))  # the last T has no next QRS
+    assert not (w["qrs"] & w["tp"]).any()
+
+
+def test_window_fraction_counts_non_negative_relevance() -> None:
+    window = np.zeros(10, bool)
+    window[:2] = True
+    assert window_fraction(np.ones(10), window) == pytest.approx(0.2)
+    r = np.zeros(10)
+    r[1], r[5], r[6] = 3.0, 1.0, -5.0
+    assert window_fraction(r, window) == pytest.approx(0.75)
+    assert np.isnan(window_fraction(np.zeros(10), window))
+
+
+def test_spearman_ignores_nan_and_sees_monotone_maps() -> None:
+    a = np.arange(12.0).reshape(3, 4)
+    b = a**3
+    b[0, 0] = np.nan
+    assert spearman(a, b) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
