@@ -345,7 +345,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
-    validate_every_epoch: bool = True
+    validate_every: int = 1  # epochs between validations (0: only at the end)
     tensorboard: bool = False
 
     def check(self, key: str) -> None:
@@ -354,6 +354,8 @@ class TrainConfig:
         _positive(self.lr, f"{key}.lr")
         _positive(self.checkpoint_every, f"{key}.checkpoint_every")
         _positive(self.log_every, f"{key}.log_every")
+        if self.validate_every < 0:
+            raise ConfigError(f"{key}.validate_every", f"must be 0 or more, got {self.validate_every}")
         for name in ("max_steps", "max_minutes", "chunk_size", "grad_clip", "threads"):
             value = getattr(self, name)
             if value is not None:

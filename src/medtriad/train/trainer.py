@@ -508,7 +508,13 @@ def train(
                         if "ecg" in inputs:
                             inputs["ecg"] = augment_ecg(inputs["ecg"], tc.augment, gen)
                     present = {m: p.to(env.device) for m, p in batch.present.items()}
-                    set_lr(optimizer, lr_factor(step, tc.warmup_steps, total_steps, tc.min_lr_factor))
+                    sched_step = step
+                    if deadline is not None:
+                        # with a time budget the schedule follows whichever runs out first, steps
+                        # or time, so the learning rate has annealed when the budget ends
+                        spent = (time.perf_counter() - t_start + elapsed_before) / (60.0 * tc.max_minutes)
+                        sched_step = max(step, min(total_steps, int(spent * total_steps)))
+                    set_lr(optimizer, lr_factor(sched_step, tc.warmup_steps, total_steps, tc.min_lr_factor))
                     optimizer.zero_grad(set_to_none=True)
                     out = contrastive_step(
                         step_module, raw, loss_fn, inputs, present, tc.chunk_size, autocast,
@@ -553,7 +559,7 @@ def train(
                         break
                 else:
                     epoch += 1
-                    if tc.validate_every_epoch and step < total_steps:
+                    if tc.validate_every and epoch % tc.validate_every == 0 and step < total_steps:
                         last_val = validate(raw, loss_fn, val_ds, config, env, cache_val)
                         metrics.write({"step": step, "epoch": epoch, **last_val})
                     continue
