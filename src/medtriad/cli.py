@@ -180,6 +180,45 @@ def model_summary_cmd(
     console.print(summary_table(model_summary(_config(config, overrides))))
 
 
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder of a trained model.")],
+    data: Annotated[Path, typer.Option("--data", help="Manifest or shard folder.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN_DIR/evaluation).")] = None,
+    split: Annotated[str, typer.Option(help="Held-out split to evaluate.")] = "test",
+    tasks: Annotated[str, typer.Option(help="Comma-separated: zeroshot,retrieval,probe,robustness,missing,embedding_map.")] = "",
+    label_set: Annotated[list[str], typer.Option("--label-set", help="Built-in name or YAML file (repeatable).")] = [],  # noqa: B006
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap replicates (patients resampled).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed for bootstrap, subsets and distractors.")] = 0,
+    fractions: Annotated[str, typer.Option(help="Label fractions for probes, comma-separated.")] = "0.01,0.1,1",
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tune the encoder with a head for this many epochs (0: off).")] = 0,
+    distractors: Annotated[int, typer.Option(help="Distractors per tuple-retrieval query.")] = 9,
+    severities: Annotated[str, typer.Option(help="Corruption severities, comma-separated.")] = "1,2,3,4,5",
+    embedding_label: Annotated[str | None, typer.Option(help="Label colouring the 2-D embedding map.")] = None,
+    embedding_method: Annotated[str, typer.Option(help="pca or tsne.")] = "pca",
+) -> None:
+    """Zero-shot, retrieval, probes and robustness with bootstrap intervals; results.json + report.html."""
+    from medtriad.evaluate.run import TASKS, evaluate_run
+
+    chosen = [t.strip() for t in tasks.split(",") if t.strip()] or list(TASKS)
+    results = evaluate_run(
+        run_dir, data, out, split=split, tasks=chosen, label_set=label_set or None, bootstrap=bootstrap, seed=seed,
+        fractions=_floats(fractions), finetune_epochs=finetune_epochs, n_distractors=distractors,
+        severities=[int(x) for x in _floats(severities)], embedding_label=embedding_label,
+        embedding_method=embedding_method,
+    )
+    for name, per_modality in results.get("zeroshot", {}).items():
+        for modality, entry in per_modality.items():
+            lo, p, hi = entry["macro"]["auroc"]
+            console.print(f"zero-shot {name} ({modality}): macro AUROC {p:.3f} [{lo:.3f}, {hi:.3f}]")
+    folder = Path(out) if out else Path(run_dir) / "evaluation"
+    console.print(f"results: {folder / 'results.json'}; report: {folder / 'report.html'}")
+
+
 @app.command()
 def explain(
     run_dir: Annotated[Path, typer.Argument(help="Run folder or saved model folder.")],
@@ -263,7 +302,18 @@ def demo(
         rt.add_row(pair, f"{r['n']:.0f}", f"{r['R@1']:.3f}", f"{r['R@5']:.3f}", f"{r['R@10']:.3f}",
                    f"{r['chance_R@5']:.3f}", f"{r['R@5'] / r['chance_R@5']:.1f}x")
     console.print(rt)
+    if result.zeroshot:
+        zt = Table(title="zero-shot macro AUROC (test split)")
+        zt.add_column("label set")
+        zt.add_column("AUROC", justify="right")
+        for name, value in result.zeroshot.items():
+            zt.add_row(name, f"{value:.3f}")
+        console.print(zt)
     console.print(f"summary: {result.out / 'demo_summary.json'}; training curves: {result.out / 'run' / 'curves.png'}")
+    if result.report_html:
+        console.print(f"evaluation report: {result.report_html}")
+    if result.explain_html:
+        console.print(f"explanation of a held-out study: {result.explain_html}")
 
 
 def main() -> None:

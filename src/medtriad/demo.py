@@ -1,6 +1,8 @@
 """`medtriad demo`: the whole job on the built-in cohort, one step after another.
 
-generate -> validate -> shards -> pre-train (time-boxed) -> retrieval on held-out patients.
+generate -> validate -> shards -> pre-train (time-boxed) -> evaluate on held-out patients
+(zero-shot, retrieval, probes, robustness; results.json + report.html) -> explain one held-out
+study (explain.html).
 Each step writes into its own folder under OUT and is skipped when its output already exists,
 so an interrupted demo resumes where it stopped (pre-training continues from its checkpoint).
 """
@@ -27,6 +29,9 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
     summary: dict[str, object] = field(default_factory=dict)
     retrieval: dict[str, dict[str, float]] = field(default_factory=dict)
+    zeroshot: dict[str, float] = field(default_factory=dict)
+    report_html: Path | None = None
+    explain_html: Path | None = None
 
 
 def run_demo(
@@ -43,6 +48,8 @@ def run_demo(
     from medtriad.data.synthetic.cohort import generate_cohort
     from medtriad.data.validate import validate_manifest
     from medtriad.evaluate.heldout import heldout_retrieval
+    from medtriad.evaluate.run import evaluate_run
+    from medtriad.explain import explain_inputs
     from medtriad.train.trainer import train
 
     out_p = Path(out)
@@ -74,7 +81,42 @@ def run_demo(
     else:
         timed("pretrain", train, cfg, shard_dir, run_dir, resume="latest")
     result.retrieval = timed("retrieval", heldout_retrieval, run_dir / "model", shard_dir, split="test")
+    eval_dir = out_p / "evaluation"
+    results = timed("evaluate", evaluate_run, run_dir, shard_dir, eval_dir, split="test", bootstrap=200)
+    result.report_html = eval_dir / "report.html"
+    result.zeroshot = _zeroshot_macros(results)
+    example = _explain_example(manifest)
+    if example is not None:
+        cxr, ecg, text = example
+        timed("explain", explain_inputs, run_dir, cxr=cxr, ecg=ecg, text=text, out=out_p / "explain", ig_steps=16)
+        result.explain_html = out_p / "explain" / "explain.html"
     (out_p / "demo_summary.json").write_text(
-        json.dumps({"timings": result.timings, "retrieval": result.retrieval, "summary": result.summary}, indent=2)
+        json.dumps({"timings": result.timings, "retrieval": result.retrieval, "zeroshot_macro_auroc": result.zeroshot,
+                    "summary": result.summary, "report": str(result.report_html)}, indent=2, default=str)
     )
     return result
+
+
+def _zeroshot_macros(results: dict) -> dict[str, float]:
+    """Macro AUROC point estimates per zero-shot label set and modality from results.json."""
+    out: dict[str, float] = {}
+    for name, per_modality in results.get("zeroshot", {}).items():
+        for modality, entry in per_modality.items():
+            auroc = entry.get("macro", {}).get("auroc")
+            if isinstance(auroc, (list, tuple)) and len(auroc) == 3:
+                out[f"{name} ({modality})"] = float(auroc[1])
+    return out
+
+
+def _explain_example(manifest: Path) -> tuple[Path, Path, str] | None:
+    """A held-out study with all three modalities and at least one X-ray finding."""
+    from medtriad.data.manifest import read_manifest, resolve
+
+    df = read_manifest(manifest)
+    full = df[(df["split"] == "test") & df[["cxr_path", "ecg_path", "report_text"]].notna().all(axis=1)]
+    if full.empty:
+        return None
+    findings = full[[c for c in full.columns if c in ("label_cardiomegaly", "label_effusion")]].sum(axis=1)
+    row = full.loc[findings.idxmax()] if len(findings) else full.iloc[0]
+    root = df.attrs["root"]
+    return resolve(root, row["cxr_path"]), resolve(root, row["ecg_path"]), str(row["report_text"])
