@@ -8,42 +8,12 @@ import pytest
 
 from medtriad.config import Config, load_config
 
-TINY = [
-    "name=tiny",
-    "data.cxr.size=16",
-    "data.ecg.fs=50",
-    "data.ecg.seconds=2",
-    "data.ecg.lowpass=20",
-    "data.report.max_length=24",
-    "model.embed_dim=8",
-    "model.cxr.size=custom",
-    "model.cxr.dim=16",
-    "model.cxr.depth=1",
-    "model.cxr.heads=2",
-    "model.cxr.patch_size=8",
-    "model.cxr.dropkey=0.0",
-    "model.ecg.size=custom",
-    "model.ecg.dim=16",
-    "model.ecg.depth=1",
-    "model.ecg.heads=2",
-    "model.ecg.patch_size=10",
-    "model.ecg.stem_channels=8",
-    "model.ecg.dropkey=0.0",
-    "model.report.freeze=true",
-    "model.report.lora.enabled=false",
-    "train.batch_size=8",
-    "train.lr=0.001",
-    "train.warmup_steps=2",
-    "train.log_every=1",
-    "train.threads=1",
-    "train.workers=0",
-    "train.max_steps=4",
-    "train.epochs=1",
-]
+TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+TINY = ["name=tiny", "train.batch_size=8", "train.lr=0.001", "train.warmup_steps=2", "train.log_every=1", "train.threads=1", "train.workers=0", "train.max_steps=4", "train.epochs=1"]
 
 
 def tiny_config(*extra: str) -> Config:
-    return load_config(None, [*TINY, *extra])
+    return load_config(TINY_CONFIG, [*TINY, *extra])
 
 
 @pytest.fixture(scope="session")

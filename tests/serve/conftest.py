@@ -10,30 +10,8 @@ import pytest
 
 from medtriad.config import load_config
 
-TINY = [
-    "name=tiny-serve",
-    "data.cxr.size=16",
-    "data.ecg.fs=50",
-    "data.ecg.seconds=2",
-    "data.ecg.lowpass=20",
-    "data.report.max_length=24",
-    "model.embed_dim=8",
-    "model.cxr.size=custom",
-    "model.cxr.dim=16",
-    "model.cxr.depth=1",
-    "model.cxr.heads=2",
-    "model.cxr.patch_size=8",
-    "model.cxr.dropkey=0.0",
-    "model.ecg.size=custom",
-    "model.ecg.dim=16",
-    "model.ecg.depth=1",
-    "model.ecg.heads=2",
-    "model.ecg.patch_size=10",
-    "model.ecg.stem_channels=8",
-    "model.ecg.dropkey=0.0",
-    "model.report.freeze=true",
-    "model.report.lora.enabled=false",
-]
+TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+TINY = ["name=tiny-serve"]
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +24,7 @@ def served_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest = generate_cohort(
         root / "data", n=16, seed=11, missing_fraction=0.2, image_size=64, workers=1, progress=False
     )
-    build_model(load_config(None, TINY)).save_pretrained(root / "run" / "model")
+    build_model(load_config(TINY_CONFIG, TINY)).save_pretrained(root / "run" / "model")
     build_index(root / "run", manifest, root / "index", progress=False)
     return root / "index"
 
