@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from medtriad.data.cxr import read_cxr
-from medtriad.data.ecg import CANONICAL_LEADS, read_ecg
+from medtriad.data.ecg import CANONICAL_LEADS, read_ecg_input
 from medtriad.data.synthetic.reports import class_prompts
 from medtriad.data.text import combine_report
 from medtriad.explain import MatchScore, cxr_maps, ecg_maps, load_explain_model
@@ -138,15 +138,7 @@ def ecg_windows_study(model, fresh, rows: pd.DataFrame, root: Path, label: str) 
     e = model.config.data.ecg
     pos = rows[(rows[f"label_{label}"] == 1) & rows.ecg_path.notna()]
     recs = [
-        read_ecg(
-            root / p,
-            fs=e.fs,
-            seconds=e.seconds,
-            highpass=e.highpass,
-            lowpass=e.lowpass,
-            nan_policy=e.nan_policy,
-            normalize=e.normalize,
-        )
+        read_ecg_input(root / p, e)
         for p in pos.ecg_path
     ]
     x = torch.from_numpy(np.stack([r.signal for r in recs]))

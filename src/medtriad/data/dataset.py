@@ -135,16 +135,12 @@ class ManifestDataset:
         return read_cxr(path, size=c.size, fit=c.fit, clahe=c.clahe)
 
     def _ecg(self, rel: Any) -> tuple[np.ndarray, np.ndarray] | None:
-        from medtriad.data.ecg import read_ecg
+        from medtriad.data.ecg import read_ecg_input
 
         path = resolve(self.root, rel)
         if path is None:
             return None
-        e = self.data.ecg
-        rec = read_ecg(
-            path, fs=e.fs, seconds=e.seconds, highpass=e.highpass, lowpass=e.lowpass,
-            nan_policy=e.nan_policy, normalize=e.normalize,
-        )
+        rec = read_ecg_input(path, self.data.ecg)
         return rec.signal, rec.lead_mask
 
     def _report(self, text: Any) -> str | None:

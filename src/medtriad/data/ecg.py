@@ -38,6 +38,8 @@ from medtriad.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from wfdb import Record
 
+    from medtriad.config import EcgConfig
+
 log = logging.getLogger(__name__)
 
 CANONICAL_LEADS: tuple[str, ...] = (
@@ -553,6 +555,22 @@ _WRITE_GAINS = {"16": 1000.0, "24": 100_000.0, "32": 1_000_000.0, "212": 200.0}
 """ADC gain (units per mV) per writable format: 1 uV steps for 16-bit, 5 uV for 212 (MIT-BIH)."""
 _WRITE_BITS = {"16": 16, "24": 24, "32": 32, "212": 12}
 _RECORD_NAME = re.compile(r"^[-\w]+$")
+
+
+
+def read_ecg_input(path: str | Path, cfg: EcgConfig, *, npy_fs: float = 500.0) -> Ecg:
+    """`read_ecg` with the preprocessing a config's ``data.ecg`` section describes: the one way
+    training, evaluation, explanations and the index turn a file into model input."""
+    return read_ecg(
+        path,
+        fs=cfg.fs,
+        seconds=cfg.seconds,
+        highpass=cfg.highpass,
+        lowpass=cfg.lowpass,
+        nan_policy=cfg.nan_policy,
+        normalize=cfg.normalize,
+        npy_fs=npy_fs,
+    )
 
 
 def write_wfdb_record(

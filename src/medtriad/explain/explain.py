@@ -277,20 +277,12 @@ def _prepare_cxr(model: Any, cxr: CxrInput) -> tuple[np.ndarray, np.ndarray | No
 
 def _prepare_ecg(model: Any, ecg: EcgInput) -> tuple[np.ndarray, np.ndarray, float]:
     """(12, T) model input, its lead mask and rate."""
-    from medtriad.data.ecg import read_ecg
+    from medtriad.data.ecg import read_ecg_input
 
     e = model.config.data.ecg
     n = round(e.fs * e.seconds)
     if isinstance(ecg, (str, Path)):
-        ecg = read_ecg(
-            ecg,
-            fs=e.fs,
-            seconds=e.seconds,
-            highpass=e.highpass,
-            lowpass=e.lowpass,
-            nan_policy=e.nan_policy,
-            normalize=e.normalize,
-        )
+        ecg = read_ecg_input(ecg, e)
     if isinstance(ecg, Ecg):
         if ecg.fs != e.fs or ecg.signal.shape[-1] != n:
             raise DataError(

@@ -511,19 +511,9 @@ class IndexStore:
 
     def read_ecg(self, path: str | os.PathLike[str], npy_fs: float = 500.0) -> Any:
         """An ECG file (WFDB record or .npy) preprocessed as the model's input (an `Ecg`)."""
-        from medtriad.data.ecg import read_ecg
+        from medtriad.data.ecg import read_ecg_input
 
-        e = self.data_config.ecg
-        return read_ecg(
-            path,
-            fs=e.fs,
-            seconds=e.seconds,
-            highpass=e.highpass,
-            lowpass=e.lowpass,
-            nan_policy=e.nan_policy,
-            normalize=e.normalize,
-            npy_fs=npy_fs,
-        )
+        return read_ecg_input(path, self.data_config.ecg, npy_fs=npy_fs)
 
     @torch.inference_mode()
     def embed_query(

@@ -9,7 +9,6 @@ marked as estimated, so the other modalities can still be inspected.
 from __future__ import annotations
 
 import logging
-import warnings
 
 import torch
 from rich.table import Table
@@ -17,6 +16,7 @@ from rich.table import Table
 from medtriad.config import Config
 from medtriad.models.heads import build_head
 from medtriad.models.model import ParamCount, build_encoder, build_model
+from medtriad.models.text import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ ESTIMATE_NOTE = "RoBERTa-base estimate"
 
 def _roberta_base_estimate(config: Config) -> list[ParamCount]:
     """Report rows for a RoBERTa-base encoder with the configured LoRA/freeze settings and head."""
-    import peft
     from transformers import AutoModel, RobertaConfig
 
     cfg = config.model.report
@@ -37,16 +36,7 @@ def _roberta_base_estimate(config: Config) -> list[ParamCount]:
         )
         backbone.pooler = None
         if cfg.lora.enabled:
-            lora = peft.LoraConfig(
-                r=cfg.lora.r,
-                lora_alpha=cfg.lora.alpha,
-                lora_dropout=cfg.lora.dropout,
-                target_modules=list(cfg.lora.target_modules),
-                bias="none",
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                backbone = peft.get_peft_model(backbone, lora)
+            backbone = TextEncoder._add_lora(backbone, cfg, "model.report")
         elif cfg.freeze:
             backbone.requires_grad_(False)
         head = build_head(config.model.head, backbone.config.hidden_size, config.model.embed_dim)

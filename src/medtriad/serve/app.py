@@ -310,10 +310,7 @@ def create_app(
         summary="The study's X-ray as the model sees it (square, 256 px)",
     )
     async def study_cxr(sample_id: str) -> Response:
-        png = await run(_cxr_png, store, row_or_404(sample_id))
-        return Response(
-            png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
-        )
+        return _png_response(await run(_cxr_png, store, row_or_404(sample_id)))
 
     @app.get(
         "/studies/{sample_id}/ecg.png",
@@ -322,10 +319,7 @@ def create_app(
         summary="The study's 12-lead ECG as the model sees it",
     )
     async def study_ecg(sample_id: str) -> Response:
-        png = await run(_ecg_png, store, row_or_404(sample_id))
-        return Response(
-            png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
-        )
+        return _png_response(await run(_ecg_png, store, row_or_404(sample_id)))
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -435,6 +429,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _png_response(png: bytes) -> Response:
+    """A rendered study image, cacheable by the browser only."""
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
 def serve(
