@@ -88,6 +88,7 @@ class DataConfig:
 
 EncoderSize = Literal["mini", "tiny", "small", "base", "custom"]
 DropKeySchedule = Literal["constant", "linear_decrease", "linear_increase"]
+TokenPool = Literal["cls", "mean"]
 
 ENCODER_SIZES: dict[str, tuple[int, int, int]] = {
     "mini": (128, 4, 4),
@@ -131,7 +132,10 @@ class VitConfig:
     the patchifying convolution by stride-2 3x3 convolutions (the patch size must then be a power
     of two). ``dropkey`` is the largest per-layer probability of masking an attention logit in
     training; ``dropkey_schedule`` spreads it over the layers. ``pretrained`` is a local timm-format
-    ViT checkpoint (``.safetensors`` or ``.pth``) to start from.
+    ViT checkpoint (``.safetensors`` or ``.pth``) to start from. ``pool`` picks the image feature:
+    ``cls`` (the class token, as MoRE) or ``mean`` (the mean of the patch tokens; with a linear
+    head, the embedding is then the mean of the patches' projections, so the patch-text similarity
+    map is an exact decomposition of the match).
     """
 
     size: EncoderSize = "mini"
@@ -145,6 +149,7 @@ class VitConfig:
     dropkey: float = 0.1
     dropkey_schedule: DropKeySchedule = "linear_decrease"
     pretrained: str | None = None
+    pool: TokenPool = "cls"
 
     def check(self, key: str) -> None:
         _check_transformer(self, key)
@@ -166,6 +171,7 @@ class EcgEncoderConfig:
     The stem is Conv1d(leads -> ``stem_channels``, kernel = stride = ``patch_size``), ReLU,
     BatchNorm, Conv1d(-> width, kernel ``kernel_size``, stride 1, same padding), ReLU, BatchNorm
     (MoRE: 256 channels, patch 5, kernel 5). ``length`` null means ``data.ecg.fs * seconds``.
+    ``pool``: ``cls`` (the class token) or ``mean`` (the mean of the time tokens), as for X-rays.
     """
 
     size: EncoderSize = "mini"
@@ -180,6 +186,7 @@ class EcgEncoderConfig:
     kernel_size: int = 5
     dropkey: float = 0.1
     dropkey_schedule: DropKeySchedule = "linear_decrease"
+    pool: TokenPool = "cls"
 
     def check(self, key: str) -> None:
         _check_transformer(self, key)

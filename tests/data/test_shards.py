@@ -129,3 +129,39 @@ def test_loader_with_workers_gives_the_same_batches(cohort: Path, data_cfg: Data
     a = [b.sample_ids for b in make_loader(ds, EpochBatches(len(ds), 4, seed=0, epoch=0), workers=0)]
     b = [b.sample_ids for b in make_loader(ds, EpochBatches(len(ds), 4, seed=0, epoch=0), workers=2)]
     assert a == b and len(a) == len(ds) // 4
+
+
+def test_reports_longer_than_max_length_are_counted_and_warned(
+    cohort: Path, data_cfg: DataConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def word_lengths(texts):
+        return np.array([len((t or "").split()) + 2 for t in texts])
+
+    raw = ManifestDataset(cohort, data_cfg)
+    texts = [t for t in raw.df["report_text"] if isinstance(t, str) and t]
+    lengths = word_lengths(texts)
+    limit = int(np.median(lengths))
+    expected = int((lengths > limit).sum())
+    assert 0 < expected < len(texts)
+    with caplog.at_level("WARNING", logger="medtriad.data.shards"):
+        prepare_shards(cohort, tmp_path / "s", data_cfg, lambda t: word_tokenize(t, limit), "words", limit,
+                       workers=1, progress=False, token_lengths=word_lengths)
+    meta = __import__("json").loads((tmp_path / "s" / "shards.json").read_text())
+    assert meta["truncated_reports"] == expected
+    assert f"{expected} of {len(texts)} reports are longer than max_length={limit}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medtriad.data.shards"):
+        prepare_shards(cohort, tmp_path / "t", data_cfg, lambda t: word_tokenize(t, 10_000), "words", 10_000,
+                       workers=1, progress=False, token_lengths=word_lengths)
+    assert "longer than max_length" not in caplog.text
+
+
+def test_text_encoder_token_lengths_are_untruncated() -> None:
+    from medtriad.config import LoraConfig, TextEncoderConfig
+    from medtriad.models.text import TextEncoder
+
+    enc = TextEncoder(TextEncoderConfig(freeze=True, lora=LoraConfig(enabled=False)), max_length=8)
+    long = "There is a small left pleural effusion and mild cardiomegaly without pneumothorax."
+    n = enc.token_lengths([long, ""])
+    assert n[0] > 8 and n[1] == 2
+    assert enc.tokenize([long])["input_ids"].shape[1] == 8

@@ -301,3 +301,43 @@ def test_randomisation_check_reinitialised_weights_change_the_maps(solid_patch_m
     assert (
         np.mean([spearman(a["relevance"][i], again["relevance"][i]) for i in range(len(x))]) > 0.99
     )
+
+
+# --------------------------------------------------------------------------- mean pooling
+
+
+@pytest.fixture(scope="module")
+def mean_pool_model():
+    from medtriad.models import build_model
+
+    cfg = tiny_config("model.cxr.pool=mean", "model.ecg.pool=mean", "model.head.type=linear")
+    return build_model(cfg).eval()
+
+
+def test_mean_pooled_similarity_map_decomposes_the_score(mean_pool_model) -> None:
+    """Linear head + mean pooling: the mean of the token map is the unnormalised score, and the
+    unit embedding's score is that mean over the pooled projection's norm."""
+    m = mean_pool_model
+    cxr, ecg = inputs(seed=3)
+    target = unit(8, seed=7)
+    with torch.no_grad():
+        for modality, x in (("cxr", cxr), ("ecg", ecg)):
+            sim = token_similarity(m, modality, x, target)
+            pooled = m.heads[modality](m.encoders[modality](x))
+            assert torch.allclose(sim.mean(1), pooled @ target, atol=1e-5)
+            z = unit_embeddings(m, {modality: x})[modality]
+            assert torch.allclose(z @ target, sim.mean(1) / pooled.norm(dim=-1), atol=1e-5)
+
+
+def test_mean_pooled_relevance_reads_the_patch_rows_of_the_rollout(mean_pool_model) -> None:
+    m = mean_pool_model
+    cxr, _ = inputs(seed=4)
+    score = MatchScore((unit(2, 8, seed=8),))
+    x = cxr.clone().requires_grad_(True)
+    with torch.enable_grad(), m.encoders["cxr"].capture_attention() as maps:
+        tokens = m.forward_tokens("cxr", x)
+        grads = torch.autograd.grad(score(embed_tokens(m, "cxr", tokens)).sum(), maps)
+    full = rollout([a.detach() for a in maps], grads)
+    expected = full[:, 1:, 1:].mean(dim=1)
+    assert torch.allclose(attention_relevance(m, "cxr", cxr, score), expected, atol=1e-6)
+    assert not torch.allclose(expected, full[:, 0, 1:], atol=1e-3)  # not the class-token row

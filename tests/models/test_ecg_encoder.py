@@ -87,3 +87,13 @@ def test_ecg_blocks_follow_their_dropkey_schedule() -> None:
     off = ~torch.eye(n, dtype=torch.bool)
     fractions = [(m == 0)[..., off].float().mean().item() for m in maps]
     assert fractions == pytest.approx(dropkey_rates(0.3, 3, "linear_decrease"), abs=0.01)
+
+
+def test_ecg_mean_pool_averages_the_time_tokens() -> None:
+    from medtriad.models.ecg import EcgTransformer
+
+    torch.manual_seed(0)
+    enc = EcgTransformer(100, 12, 10, 16, 3, 16, 2, 2, pool="mean").eval()
+    x = torch.randn(2, 12, 100)
+    with torch.no_grad():
+        assert torch.allclose(enc(x), enc.forward_tokens(x)[:, 1:].mean(1), atol=1e-6)

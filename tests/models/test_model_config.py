@@ -17,6 +17,8 @@ from medtriad.models.model import input_sizes
         ("model.ecg.dropkey=1.0", "model.ecg.dropkey"),
         ("model.ecg.dropkey_schedule=cosine", "model.ecg.dropkey_schedule"),
         ("model.report.pooling=max", "model.report.pooling"),
+        ("model.cxr.pool=max", "model.cxr.pool"),
+        ("model.ecg.pool=first", "model.ecg.pool"),
         ("model.report.lora.r=0", "model.report.lora.r"),
         ("model.head.type=mlp", "model.head.type"),
         ("model.logit_scale_max=10", "model.logit_scale_max"),

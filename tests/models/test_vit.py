@@ -301,3 +301,18 @@ def test_timm_weights_need_the_patch_stem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         build_vit(VitConfig(stem="conv", pretrained=str(tmp_path / "w.safetensors")), image_size=64)
     assert exc.value.key == "model.cxr.stem"
+
+
+def test_mean_pool_is_the_mean_patch_token_and_cls_pool_the_class_token() -> None:
+    from medtriad.models.vit import VisionTransformer
+
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    for pool in ("cls", "mean"):
+        torch.manual_seed(0)
+        vit = VisionTransformer(32, 8, 16, 2, 2, pool=pool).eval()
+        with torch.no_grad():
+            tokens = vit.forward_tokens(x)
+            want = tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(1)
+            assert torch.allclose(vit(x), want, atol=1e-6)
+    with pytest.raises(ValueError, match="pool"):
+        VisionTransformer(32, 8, 16, 2, 2, pool="max")

@@ -78,8 +78,13 @@ def prepare_shards(
     workers: int | None = None,
     fail_fast: bool = False,
     progress: bool = True,
+    token_lengths: Callable[[Sequence[str | None]], np.ndarray] | None = None,
 ) -> Path:
-    """Write the shard folder for `manifest` (resuming a previous, interrupted run)."""
+    """Write the shard folder for `manifest` (resuming a previous, interrupted run).
+
+    With `token_lengths` (untruncated token counts), reports longer than `max_length` are
+    counted (``truncated_reports`` in ``shards.json``) and a warning says how many were cut.
+    """
     df = read_manifest(manifest)
     root = df.attrs["root"]
     out_p = Path(out)
@@ -109,8 +114,10 @@ def prepare_shards(
         "present": mm("present", np.bool_, (n, 3)),
         "done": mm("done", np.bool_, (n,)),
     }
-    bad: dict[str, str] = {} if fresh else dict(json.loads(meta_path.read_text()).get("bad", {}))
-    meta = {"manifest": str(Path(manifest).resolve()), "root": root, "n": n, "settings": settings, "bad": bad}
+    old_meta = {} if fresh else json.loads(meta_path.read_text())
+    bad: dict[str, str] = dict(old_meta.get("bad", {}))
+    meta = {"manifest": str(Path(manifest).resolve()), "root": root, "n": n, "settings": settings, "bad": bad,
+            "truncated_reports": int(old_meta.get("truncated_reports", 0))}
     meta_path.write_text(json.dumps(meta, indent=2))
     write_manifest(df, out_p / "manifest.parquet")
 
@@ -126,6 +133,9 @@ def prepare_shards(
             key, reason = next(iter(res["bad"].items()))
             raise DataError(key, reason)
         texts = res["texts"]
+        if token_lengths is not None:
+            has_text = [bool(t) for t in texts]
+            meta["truncated_reports"] += int(((token_lengths(texts) > max_length) & has_text).sum())
         tok = tokenize(texts)
         ids, mask = tok["input_ids"].numpy(), tok["attention_mask"].numpy()
         width = min(ids.shape[1], max_length)
@@ -163,6 +173,12 @@ def prepare_shards(
     meta_path.write_text(json.dumps(meta, indent=2))
     if bad:
         log.warning("%d bad samples were marked absent (listed in %s)", len(bad), meta_path)
+    cut = meta["truncated_reports"]
+    if cut:
+        log.warning(
+            "%d of %d reports are longer than max_length=%d tokens and were cut; findings written late "
+            "in a report may be lost (raise data.report.max_length)", cut, meta["counts"]["report"], max_length,
+        )
     return out_p
 
 
@@ -259,5 +275,5 @@ def prepare_shards_for_config(
     tokenizer_id = f"{resolve_text_path(text_cfg)}|pair={text_cfg.pair_sections}"
     return prepare_shards(
         manifest, out, config.data, encoder.tokenize, tokenizer_id, max_length,
-        workers=workers, fail_fast=fail_fast, progress=progress,
+        workers=workers, fail_fast=fail_fast, progress=progress, token_lengths=encoder.token_lengths,
     )

@@ -8,7 +8,8 @@ Every method explains a *match score* of one input's embedding ``z`` (unit vecto
 * `attention_relevance`: gradient-weighted attention rollout of the score. Per layer ``l``,
   ``Ā_l = mean_heads(relu(dS/dA_l * A_l))``; then ``R = (I + Ā_L) ... (I + Ā_1)``, not
   row-normalised (the relevance is compared within a map, so a common scale is irrelevant);
-  the relevance of token ``j`` is ``R[cls, j]``;
+  the relevance of token ``j`` is ``R[cls, j]`` (for a mean-pooled encoder, the mean over the
+  pooled tokens ``i`` of ``R[i, j]``);
 * `lead_occlusion`: the score drop when one ECG lead is zeroed (all leads in one batch);
 * `integrated_gradients`: report token attributions on the input word embeddings, integrated
   from a baseline of ``[PAD]`` embeddings (special tokens kept) by Gauss-Legendre quadrature,
@@ -127,7 +128,7 @@ def embed_tokens(
             raise ValueError("report tokens need their attention mask")
         pooled = model.encoders["report"].pool(tokens, attention_mask)
     else:
-        pooled = tokens[:, 0]
+        pooled = model.encoders[modality].pool_tokens(tokens)
     return F.normalize(model.heads[modality](pooled).float(), dim=-1)
 
 
@@ -139,12 +140,17 @@ def token_similarity(
 ) -> Tensor:
     """(B, N) similarity of each patch/time token's projection with ``target`` ((d,) or (B, d)).
 
-    The class token is left out; for X-rays, row-major over the patch grid.
+    The class token is left out; for X-rays, row-major over the patch grid. With a class-token
+    encoder each projected token is normalised (a cosine map: the tokens are not what the score
+    reads). With a mean-pooled encoder the projections are left unnormalised: for a linear head
+    the embedding before normalisation is their mean, so the map is each token's exact share of
+    the score (times a positive constant per input).
     """
     _check_token_modality(modality)
+    normalize = getattr(model.encoders[modality], "pool", "cls") == "cls"
     with eval_mode(model), torch.no_grad():
         tokens = model.forward_tokens(modality, x, lead_mask)
-        z = model.project_tokens(modality, tokens)[:, 1:]
+        z = model.project_tokens(modality, tokens, normalize=normalize)[:, 1:]
         t = target.to(z)
         return (z * (t[:, None] if t.ndim == 2 else t)).sum(-1)
 
@@ -169,7 +175,11 @@ def rollout(attentions: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
 def attention_relevance(
     model: Any, modality: str, x: Tensor, score: MatchScore, lead_mask: Tensor | None = None
 ) -> Tensor:
-    """(B, N) relevance of each patch/time token for ``score`` (class-token row of `rollout`)."""
+    """(B, N) relevance of each patch/time token for ``score``.
+
+    The row of `rollout` that the embedding reads: the class token's, or for a mean-pooled
+    encoder the mean of the patch/time tokens' rows.
+    """
     _check_token_modality(modality)
     encoder = model.encoders[modality]
     x = x.detach().to(model.device, torch.float32).requires_grad_(True)  # a graph even if frozen
@@ -177,7 +187,10 @@ def attention_relevance(
         tokens = model.forward_tokens(modality, x, lead_mask)
         s = score(embed_tokens(model, modality, tokens))
         grads = torch.autograd.grad(s.sum(), maps)
-    return rollout([m.detach() for m in maps], grads)[:, 0, 1:]
+    relevance = rollout([m.detach() for m in maps], grads)
+    if getattr(encoder, "pool", "cls") == "mean":
+        return relevance[:, 1:, 1:].mean(dim=1)
+    return relevance[:, 0, 1:]
 
 
 def lead_occlusion(

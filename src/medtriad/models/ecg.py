@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medtriad.config import EcgEncoderConfig
-from medtriad.models.vit import DropKeyTransformer, init_weights
+from medtriad.models.vit import POOLS, DropKeyTransformer, init_weights, pool_tokens
 
 __all__ = ["EcgTransformer", "build_ecg_encoder"]
 
 
 class EcgTransformer(nn.Module):
-    """(B, leads, T) ECG -> class-token features (B, D)."""
+    """(B, leads, T) ECG -> pooled features (B, D): the class token, or the mean time token."""
 
     def __init__(
         self,
@@ -38,8 +38,12 @@ class EcgTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         dropkey: float = 0.0,
         schedule: str = "linear_decrease",
+        pool: str = "cls",
     ) -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        self.pool = pool
         self.dim = dim
         self.leads = leads
         self.patch_size = patch_size
@@ -77,8 +81,12 @@ class EcgTransformer(nn.Module):
         )
         return self.transformer(tokens)
 
+    def pool_tokens(self, tokens: Tensor) -> Tensor:
+        """(B, 1 + N, D) tokens -> (B, D) features with this encoder's ``pool``."""
+        return pool_tokens(tokens, self.pool)
+
     def forward(self, x: Tensor, lead_mask: Tensor | None = None) -> Tensor:
-        return self.forward_tokens(x, lead_mask)[:, 0]
+        return self.pool_tokens(self.forward_tokens(x, lead_mask))
 
     def capture_attention(self) -> AbstractContextManager[list[Tensor]]:
         """See `DropKeyTransformer.capture_attention`."""
@@ -100,4 +108,5 @@ def build_ecg_encoder(cfg: EcgEncoderConfig, length: int, key: str = "model.ecg"
         cfg.mlp_ratio,
         cfg.dropkey,
         cfg.dropkey_schedule,
+        cfg.pool,
     )

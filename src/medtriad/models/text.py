@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -171,6 +172,11 @@ class TextEncoder(nn.Module):
             items, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         return {k: enc[k] for k in _MODEL_INPUTS if k in enc}
+
+    def token_lengths(self, texts: Sequence[str | None]) -> np.ndarray:
+        """(B,) token counts of `texts` before truncation (special tokens included)."""
+        enc = self.tokenizer([self._prepare(t) for t in texts], truncation=False)
+        return np.array([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
 
     # ----------------------------------------------------------------------- ids -> features
 

@@ -43,6 +43,7 @@ __all__ = [
     "DropKeyTransformer",
     "VisionTransformer",
     "build_vit",
+    "pool_tokens",
     "dropkey_mask",
     "dropkey_rates",
     "load_timm_weights",
@@ -249,6 +250,18 @@ def resample_pos_embed(pos: Tensor, new_grid: tuple[int, int], n_prefix: int = 1
     return torch.cat([prefix, grid], dim=1)
 
 
+POOLS: tuple[str, ...] = ("cls", "mean")
+
+
+def pool_tokens(tokens: Tensor, pool: str) -> Tensor:
+    """(B, 1 + N, D) -> (B, D): token 0 (``cls``) or the mean of tokens 1..N (``mean``).
+
+    With ``mean`` the class token still runs through the blocks (a register the patches may read)
+    but does not reach the embedding.
+    """
+    return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+
 class VisionTransformer(nn.Module):
     """ViT on (B, 1, H, W) images: stem -> class token + position embeddings -> DropKey blocks."""
 
@@ -263,9 +276,13 @@ class VisionTransformer(nn.Module):
         stem: str = "patch",
         dropkey: float = 0.0,
         schedule: str = "linear_decrease",
+        pool: str = "cls",
     ) -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self.dim = dim
+        self.pool = pool
         self.patch_size = patch_size
         self.grid = (image_size // patch_size, image_size // patch_size)
         self.stem = ConvStem(dim, patch_size) if stem == "conv" else PatchStem(dim, patch_size)
@@ -285,9 +302,13 @@ class VisionTransformer(nn.Module):
         tokens = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], dim=1) + pos
         return self.transformer(tokens)
 
+    def pool_tokens(self, tokens: Tensor) -> Tensor:
+        """(B, 1 + N, D) tokens -> (B, D) features: `pool_tokens` with this encoder's ``pool``."""
+        return pool_tokens(tokens, self.pool)
+
     def forward(self, x: Tensor) -> Tensor:
-        """(B, 1, H, W) -> class-token features (B, D)."""
-        return self.forward_tokens(x)[:, 0]
+        """(B, 1, H, W) -> pooled features (B, D): the class token, or the mean patch token."""
+        return self.pool_tokens(self.forward_tokens(x))
 
     def capture_attention(self) -> AbstractContextManager[list[Tensor]]:
         """See `DropKeyTransformer.capture_attention`."""
@@ -311,6 +332,7 @@ def build_vit(cfg: VitConfig, image_size: int, key: str = "model.cxr") -> Vision
         cfg.stem,
         cfg.dropkey,
         cfg.dropkey_schedule,
+        cfg.pool,
     )
     if cfg.pretrained:
         if cfg.stem != "patch":

@@ -117,7 +117,7 @@ def _dataset_fingerprint(dataset: Any, extra: str) -> str:
 def build_text_cache(model: nn.Module, dataset: Any, cache_file: Path | None, batch_size: int = 128) -> TextCache:
     """Encode every report of `dataset` once with the frozen text encoder (saved to `cache_file`)."""
     encoder = model.encoders["report"]
-    key = _dataset_fingerprint(dataset, f"{model.config.model.report}")
+    key = _dataset_fingerprint(dataset, f"{model.config.model.report}|{getattr(encoder, 'max_length', None)}")
     if cache_file is not None and cache_file.is_file():
         stored = torch.load(cache_file, map_location="cpu")
         if stored.get("key") == key:
