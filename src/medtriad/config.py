@@ -135,7 +135,9 @@ class VitConfig:
     ViT checkpoint (``.safetensors`` or ``.pth``) to start from. ``pool`` picks the image feature:
     ``cls`` (the class token, as MoRE) or ``mean`` (the mean of the patch tokens; with a linear
     head, the embedding is then the mean of the patches' projections, so the patch-text similarity
-    map is an exact decomposition of the match).
+    map is an exact decomposition of the match). ``registers`` adds that many learned tokens
+    (no position) that take part in attention but not in the embedding or the maps: a place for
+    global information other than the patches.
     """
 
     size: EncoderSize = "mini"
@@ -150,12 +152,15 @@ class VitConfig:
     dropkey_schedule: DropKeySchedule = "linear_decrease"
     pretrained: str | None = None
     pool: TokenPool = "cls"
+    registers: int = 0
 
     def check(self, key: str) -> None:
         _check_transformer(self, key)
         _positive(self.patch_size, f"{key}.patch_size")
         if self.image_size is not None:
             _positive(self.image_size, f"{key}.image_size")
+        if self.registers < 0:
+            raise ConfigError(f"{key}.registers", f"must be >= 0, got {self.registers}")
         if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
             raise ConfigError(f"{key}.patch_size", f"stem 'conv' needs a power of two, got {self.patch_size}")
 

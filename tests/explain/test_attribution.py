@@ -341,3 +341,16 @@ def test_mean_pooled_relevance_reads_the_patch_rows_of_the_rollout(mean_pool_mod
     expected = full[:, 1:, 1:].mean(dim=1)
     assert torch.allclose(attention_relevance(m, "cxr", cxr, score), expected, atol=1e-6)
     assert not torch.allclose(expected, full[:, 0, 1:], atol=1e-3)  # not the class-token row
+
+
+def test_maps_skip_register_tokens() -> None:
+    from medtriad.models import build_model
+
+    m = build_model(tiny_config("model.cxr.pool=mean", "model.cxr.registers=2", "model.head.type=linear")).eval()
+    cxr, _ = inputs(seed=5, b=3)
+    grid = cxr_maps(m, cxr, MatchScore((unit(3, 8, seed=9),)))
+    assert grid["similarity"].shape == grid["relevance"].shape == (3, 4, 4)
+    target = unit(8, seed=9)
+    with torch.no_grad():
+        pooled = m.heads["cxr"](m.encoders["cxr"](cxr))
+    assert torch.allclose(token_similarity(m, "cxr", cxr, target).mean(1), pooled @ target, atol=1e-5)

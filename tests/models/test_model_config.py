@@ -18,6 +18,7 @@ from medtriad.models.model import input_sizes
         ("model.ecg.dropkey_schedule=cosine", "model.ecg.dropkey_schedule"),
         ("model.report.pooling=max", "model.report.pooling"),
         ("model.cxr.pool=max", "model.cxr.pool"),
+        ("model.cxr.registers=-1", "model.cxr.registers"),
         ("model.ecg.pool=first", "model.ecg.pool"),
         ("model.report.lora.r=0", "model.report.lora.r"),
         ("model.head.type=mlp", "model.head.type"),

@@ -316,3 +316,21 @@ def test_mean_pool_is_the_mean_patch_token_and_cls_pool_the_class_token() -> Non
             assert torch.allclose(vit(x), want, atol=1e-6)
     with pytest.raises(ValueError, match="pool"):
         VisionTransformer(32, 8, 16, 2, 2, pool="max")
+
+
+def test_register_tokens_sit_after_the_class_token_and_stay_out_of_the_embedding() -> None:
+    from medtriad.models.vit import VisionTransformer
+
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    vit = VisionTransformer(32, 8, 16, 2, 2, pool="mean", registers=3).eval()
+    assert vit.n_prefix == 4
+    with torch.no_grad():
+        tokens = vit.forward_tokens(x)
+        assert tokens.shape == (2, 4 + 16, 16)
+        assert torch.allclose(vit(x), tokens[:, 4:].mean(1), atol=1e-6)
+        before = vit(x)
+        vit.register_tokens.add_(torch.randn(1, 3, 16))  # registers change what patches attend to
+        assert not torch.allclose(vit(x), before, atol=1e-4)
+    with pytest.raises(ValueError, match="registers"):
+        VisionTransformer(32, 8, 16, 2, 2, registers=-1)

@@ -140,17 +140,19 @@ def token_similarity(
 ) -> Tensor:
     """(B, N) similarity of each patch/time token's projection with ``target`` ((d,) or (B, d)).
 
-    The class token is left out; for X-rays, row-major over the patch grid. With a class-token
+    The class token (and any registers) are left out; for X-rays, row-major over the patch grid. With a class-token
     encoder each projected token is normalised (a cosine map: the tokens are not what the score
     reads). With a mean-pooled encoder the projections are left unnormalised: for a linear head
     the embedding before normalisation is their mean, so the map is each token's exact share of
     the score (times a positive constant per input).
     """
     _check_token_modality(modality)
-    normalize = getattr(model.encoders[modality], "pool", "cls") == "cls"
+    encoder = model.encoders[modality]
+    normalize = getattr(encoder, "pool", "cls") == "cls"
+    prefix = getattr(encoder, "n_prefix", 1)
     with eval_mode(model), torch.no_grad():
         tokens = model.forward_tokens(modality, x, lead_mask)
-        z = model.project_tokens(modality, tokens, normalize=normalize)[:, 1:]
+        z = model.project_tokens(modality, tokens, normalize=normalize)[:, prefix:]
         t = target.to(z)
         return (z * (t[:, None] if t.ndim == 2 else t)).sum(-1)
 
@@ -188,9 +190,10 @@ def attention_relevance(
         s = score(embed_tokens(model, modality, tokens))
         grads = torch.autograd.grad(s.sum(), maps)
     relevance = rollout([m.detach() for m in maps], grads)
+    p = getattr(encoder, "n_prefix", 1)  # class token (and registers) come first
     if getattr(encoder, "pool", "cls") == "mean":
-        return relevance[:, 1:, 1:].mean(dim=1)
-    return relevance[:, 0, 1:]
+        return relevance[:, p:, p:].mean(dim=1)
+    return relevance[:, 0, p:]
 
 
 def lead_occlusion(

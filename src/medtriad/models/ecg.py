@@ -44,6 +44,7 @@ class EcgTransformer(nn.Module):
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self.pool = pool
+        self.n_prefix = 1
         self.dim = dim
         self.leads = leads
         self.patch_size = patch_size

@@ -253,13 +253,13 @@ def resample_pos_embed(pos: Tensor, new_grid: tuple[int, int], n_prefix: int = 1
 POOLS: tuple[str, ...] = ("cls", "mean")
 
 
-def pool_tokens(tokens: Tensor, pool: str) -> Tensor:
-    """(B, 1 + N, D) -> (B, D): token 0 (``cls``) or the mean of tokens 1..N (``mean``).
+def pool_tokens(tokens: Tensor, pool: str, prefix: int = 1) -> Tensor:
+    """(B, prefix + N, D) -> (B, D): token 0 (``cls``) or the mean of the N patch tokens (``mean``).
 
-    With ``mean`` the class token still runs through the blocks (a register the patches may read)
-    but does not reach the embedding.
+    The first ``prefix`` tokens are the class token and any register tokens. With ``mean`` they
+    still run through the blocks (registers the patches may read) but do not reach the embedding.
     """
-    return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
+    return tokens[:, 0] if pool == "cls" else tokens[:, prefix:].mean(dim=1)
 
 
 class VisionTransformer(nn.Module):
@@ -277,34 +277,48 @@ class VisionTransformer(nn.Module):
         dropkey: float = 0.0,
         schedule: str = "linear_decrease",
         pool: str = "cls",
+        registers: int = 0,
     ) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if registers < 0:
+            raise ValueError(f"registers must be >= 0, got {registers}")
         self.dim = dim
         self.pool = pool
+        self.n_prefix = 1 + registers
         self.patch_size = patch_size
         self.grid = (image_size // patch_size, image_size // patch_size)
         self.stem = ConvStem(dim, patch_size) if stem == "conv" else PatchStem(dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], dim))
+        self.register_tokens = nn.Parameter(torch.zeros(1, registers, dim)) if registers else None
         self.transformer = DropKeyTransformer(dim, depth, heads, mlp_ratio, dropkey, schedule)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.register_tokens is not None:
+            nn.init.trunc_normal_(self.register_tokens, std=0.02)
         init_weights(self.transformer)
 
     def forward_tokens(self, x: Tensor) -> Tensor:
-        """(B, 1, H, W) -> normalised tokens (B, 1 + h*w, D); token 0 is the class token."""
+        """(B, 1, H, W) -> normalised tokens (B, n_prefix + h*w, D).
+
+        Token 0 is the class token, then come the register tokens (no position), then the
+        patches in row-major order.
+        """
         patches = self.stem(x)
         grid = tuple(patches.shape[-2:])
         tokens = patches.flatten(2).transpose(1, 2)
         pos = self.pos_embed if grid == self.grid else resample_pos_embed(self.pos_embed, grid)
         tokens = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], dim=1) + pos
+        if self.register_tokens is not None:
+            regs = self.register_tokens.expand(len(tokens), -1, -1)
+            tokens = torch.cat([tokens[:, :1], regs, tokens[:, 1:]], dim=1)
         return self.transformer(tokens)
 
     def pool_tokens(self, tokens: Tensor) -> Tensor:
-        """(B, 1 + N, D) tokens -> (B, D) features: `pool_tokens` with this encoder's ``pool``."""
-        return pool_tokens(tokens, self.pool)
+        """(B, n_prefix + N, D) tokens -> (B, D) features with this encoder's ``pool``."""
+        return pool_tokens(tokens, self.pool, self.n_prefix)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, 1, H, W) -> pooled features (B, D): the class token, or the mean patch token."""
@@ -333,6 +347,7 @@ def build_vit(cfg: VitConfig, image_size: int, key: str = "model.cxr") -> Vision
         cfg.dropkey,
         cfg.dropkey_schedule,
         cfg.pool,
+        cfg.registers,
     )
     if cfg.pretrained:
         if cfg.stem != "patch":

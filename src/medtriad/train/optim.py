@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-NO_DECAY_HINTS = ("bias", "norm", "bn", "logit_scale", "cls_token", "pos_embed", "pos_emb", "embeddings.LayerNorm")
+NO_DECAY_HINTS = ("bias", "norm", "bn", "logit_scale", "cls_token", "register_tokens", "pos_embed", "pos_emb", "embeddings.LayerNorm")
 
 
 def freeze_by_glob(model: nn.Module, patterns: Iterable[str]) -> list[str]:
