@@ -43,10 +43,10 @@ __all__ = [
     "DropKeyTransformer",
     "VisionTransformer",
     "build_vit",
-    "pool_tokens",
     "dropkey_mask",
     "dropkey_rates",
     "load_timm_weights",
+    "pool_tokens",
     "resample_pos_embed",
     "timm_to_vit_state",
 ]
