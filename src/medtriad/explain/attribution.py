@@ -140,9 +140,9 @@ def token_similarity(
 ) -> Tensor:
     """(B, N) similarity of each patch/time token's projection with ``target`` ((d,) or (B, d)).
 
-    The class token (and any registers) are left out; for X-rays, row-major over the patch grid. With a class-token
-    encoder each projected token is normalised (a cosine map: the tokens are not what the score
-    reads). With a mean-pooled encoder the projections are left unnormalised: for a linear head
+    The class token (and any registers) are left out; for X-rays, row-major over the patch
+    grid. With a class-token encoder each projected token is normalised (a cosine map: the
+    tokens are not what the score reads). With a mean-pooled encoder the projections are left unnormalised: for a linear head
     the embedding before normalisation is their mean, so the map is each token's exact share of
     the score (times a positive constant per input).
     """
