@@ -18,7 +18,7 @@ On the demo cohort's held-out studies, with the demo model (``make demo``):
   architecture re-initialised with another seed.
 
     python benchmarks/explain_quality.py [--model demo_out/run] [--data demo_out/data]
-        [--splits test] [--tolerance 8] [--query positive|contrast] [--json FILE]
+        [--splits test] [--tolerance 8] [--query positive|contrast] [--shifts 1] [--json FILE]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ CHUNK = 32
 
 
 QUERY = "positive"
+SHIFTS = 1
 
 
 def query(model, label: str, part: str) -> torch.Tensor:
@@ -106,7 +107,7 @@ def pointing_game(
         res: dict = {"n": len(pos)}
         for tag, m in (("trained", model), ("reinit", fresh)):
             score = MatchScore((query(m, finding, "rad"),))
-            grids = batched(lambda xb, m=m, score=score: cxr_maps(m, xb, score), x)
+            grids = batched(lambda xb, m=m, score=score: cxr_maps(m, xb, score, SHIFTS), x)
             for method in METHODS:
                 full = grid_to_native(grids[method], native, c.size, c.fit)
                 res[f"{tag}/{method}/strict"] = float(
@@ -192,11 +193,17 @@ def main() -> None:
         default="positive",
         help="query text direction: positive sentences, or positive minus negative",
     )
+    ap.add_argument(
+        "--shifts",
+        type=int,
+        default=1,
+        help="X-ray maps read this many times per patch along each axis (shift and stitch)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
-    global QUERY
-    QUERY = args.query
+    global QUERY, SHIFTS
+    QUERY, SHIFTS = args.query, args.shifts
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     if not Path(args.data, "manifest.parquet").is_file() or not Path(args.model).is_dir():
@@ -211,7 +218,7 @@ def main() -> None:
 
     pg = pointing_game(model, fresh, rows, train, root, args.tolerance)
     print(
-        f"Pointing game ({', '.join(args.splits)} split, {QUERY} query; hit rate, strict / tolerant {args.tolerance} px)"
+        f"Pointing game ({', '.join(args.splits)} split, {QUERY} query, shifts {SHIFTS}; hit rate, strict / tolerant {args.tolerance} px)"
     )
     print(
         "| finding | n | similarity | relevance | random | centre | prior | re-init sim. | re-init rel. |"

@@ -228,13 +228,14 @@ def explain(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("explain_out"),
     ig_steps: Annotated[int, typer.Option(help="Integrated-gradients steps for report words.")] = 32,
     ig_baseline: Annotated[str, typer.Option(help="Integrated-gradients baseline: pad or zeros.")] = "pad",
+    shifts: Annotated[int, typer.Option(help="X-ray maps on a grid this many times finer (shift and stitch; divides the patch size).")] = 1,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
     """Explain a match between two or three inputs: X-ray patches, ECG segments, report words."""
     from medtriad.explain import explain_inputs
 
     result = explain_inputs(run_dir, cxr=cxr, ecg=ecg, text=text, out=out, ig_steps=ig_steps,
-                            ig_baseline=ig_baseline, device=device)
+                            ig_baseline=ig_baseline, shifts=shifts, device=device)
     console.print({"pairs": {k: round(v, 4) for k, v in result.pair_scores.items()}, "tuple": result.tuple_score})
     console.print(f"explanation written: {out / 'explain.html'}")
 

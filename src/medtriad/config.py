@@ -137,7 +137,10 @@ class VitConfig:
     head, the embedding is then the mean of the patches' projections, so the patch-text similarity
     map is an exact decomposition of the match). ``registers`` adds that many learned tokens
     (no position) that take part in attention but not in the embedding or the maps: a place for
-    global information other than the patches.
+    global information other than the patches. ``attention_radius`` R makes every layer's patch
+    attention local: a patch reads only the patches within R rows and columns (not the class
+    token or registers), so its token describes its neighbourhood and the maps stay where the
+    evidence is; null is global attention.
     """
 
     size: EncoderSize = "mini"
@@ -153,10 +156,18 @@ class VitConfig:
     pretrained: str | None = None
     pool: TokenPool = "cls"
     registers: int = 0
+    attention_radius: int | None = None
 
     def check(self, key: str) -> None:
         _check_transformer(self, key)
         _positive(self.patch_size, f"{key}.patch_size")
+        if self.attention_radius is not None:
+            _positive(self.attention_radius, f"{key}.attention_radius")
+            if self.registers:
+                raise ConfigError(
+                    f"{key}.registers",
+                    "with attention_radius no patch reads the registers, so they would change nothing: set 0",
+                )
         if self.image_size is not None:
             _positive(self.image_size, f"{key}.image_size")
         if self.registers < 0:
@@ -286,18 +297,49 @@ class ModelConfig:
             )
 
 
+LOCAL_SECTIONS: dict[str, str] = {"cxr": "radiology", "ecg": "cardiology"}
+"""The report part whose sentences each modality's tokens are aligned with."""
+
+
+@dataclass
+class LocalLossConfig:
+    """Local alignment of tokens with report sentences (`medtriad.losses.local`).
+
+    ``weight`` 0 switches it off. ``modalities`` are the inputs whose tokens take part (X-ray
+    patches against radiology sentences, ECG time tokens against cardiology ones); ``tau`` is
+    the soft-maximum temperature over tokens; ``max_sentences`` caps the sentences read per
+    report part (the first ones are kept).
+    """
+
+    weight: float = 0.0
+    tau: float = 0.1
+    modalities: list[str] = field(default_factory=lambda: ["cxr"])
+    max_sentences: int = 16
+
+    def check(self, key: str) -> None:
+        if self.weight < 0:
+            raise ConfigError(f"{key}.weight", f"must not be negative, got {self.weight}")
+        _positive(self.tau, f"{key}.tau")
+        _positive(self.max_sentences, f"{key}.max_sentences")
+        unknown = [m for m in self.modalities if m not in LOCAL_SECTIONS]
+        if unknown:
+            raise ConfigError(f"{key}.modalities", f"{unknown} have no tokens to align; use {sorted(LOCAL_SECTIONS)}")
+
+
 @dataclass
 class LossConfig:
-    """The contrastive objective: a registered loss, its settings, and weighted regularisers.
+    """The contrastive objective: a registered loss, its settings, weighted regularisers, and
+    the local token-sentence term.
 
     ``settings`` go to the loss's constructor (e.g. ``label_smoothing`` for ``clip``);
     ``regularizers`` maps a regulariser name (``uniformity``, ``cross_uniformity``,
-    ``alignment``) to its weight.
+    ``alignment``) to its weight; ``local`` adds `LocalLossConfig`'s term with its weight.
     """
 
     name: str = "more"
     settings: dict[str, Any] = field(default_factory=dict)
     regularizers: dict[str, float] = field(default_factory=dict)
+    local: LocalLossConfig = field(default_factory=LocalLossConfig)
 
 
 @dataclass

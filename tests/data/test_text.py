@@ -18,8 +18,10 @@ from medtriad.data.text import (
     combine_report,
     join_statements,
     radiology_text,
+    report_sentences,
     split_combined,
     split_sections,
+    split_sentences,
 )
 from medtriad.errors import DataError
 
@@ -255,3 +257,27 @@ def test_split_combined_inverts_combine_report(rad, ecg):
     rad_part = clean_report(rad.replace("[", " ").replace("]", " ")) or None
     ecg_part = clean_report(ecg.replace("[", " ").replace("]", " ")) or None
     assert split_combined(combine_report(rad_part, ecg_part)) == (rad_part, ecg_part)
+
+
+def test_split_sentences_cuts_at_sentence_marks_and_drops_list_numbers() -> None:
+    text = "1. Small right effusion.  2. No pneumothorax; heart size normal! Is there edema? 3."
+    assert split_sentences(text) == [
+        "Small right effusion.",
+        "No pneumothorax;",
+        "heart size normal!",
+        "Is there edema?",
+    ]
+    assert split_sentences("") == [] and split_sentences(None) == []
+    assert split_sentences("Decimal 1.5 cm nodule.") == ["Decimal 1.5 cm nodule."]
+
+
+def test_report_sentences_reads_findings_and_impression_and_the_ecg_part() -> None:
+    text = combine_report(
+        "INDICATION: Dyspnea. FINDINGS: Heart is enlarged. No effusion. IMPRESSION: Cardiomegaly.",
+        "Atrial fibrillation. Low QRS voltages.",
+    )
+    parts = report_sentences(text)
+    assert parts["radiology"] == ["Heart is enlarged.", "No effusion.", "Cardiomegaly."]
+    assert parts["cardiology"] == ["Atrial fibrillation.", "Low QRS voltages."]
+    only_ecg = report_sentences(combine_report(None, "Sinus rhythm."))
+    assert only_ecg == {"radiology": [], "cardiology": ["Sinus rhythm."]}

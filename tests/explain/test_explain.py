@@ -153,3 +153,11 @@ def test_text_html_shades_by_attribution_and_escapes() -> None:
     page = text_html(parts, spans, np.array([0.5, -1.0, 0.0]))
     assert "&lt;b&gt;" in page and "<b>" not in page
     assert "rgba(220,40,40,0.50)" in page and "rgba(40,90,220,1.00)" in page
+
+
+def test_shifts_give_finer_x_ray_maps_that_still_map_back(tiny_model, study, tmp_path: Path) -> None:
+    ex = explain_inputs(tiny_model, cxr=study["cxr"], text=str(study["text"]), shifts=2, out=tmp_path)
+    h, w = tiny_model.encoders["cxr"].grid
+    assert ex.cxr.token_maps["relevance"].shape == (2 * h, 2 * w)  # the patch grid read twice as finely
+    assert ex.cxr.native_maps["relevance"].shape == ex.cxr.native.shape
+    assert json.loads((tmp_path / "explain.json").read_text())["cxr"]["shifts"] == 2

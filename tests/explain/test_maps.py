@@ -119,3 +119,46 @@ def test_spearman_ignores_nan_and_sees_monotone_maps() -> None:
     b[0, 0] = np.nan
     assert spearman(a, b) == pytest.approx(1.0)
     assert spearman(a, -a) == pytest.approx(-1.0)
+
+
+def test_shift_image_moves_content_and_repeats_edges() -> None:
+    import torch
+
+    from medtriad.explain.maps import shift_image
+
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    y = shift_image(x, 1, -1)
+    assert y[0, 0, 0, 1] == x[0, 0, 1, 0]  # output (r, c) shows input (r + 1, c - 1)
+    assert torch.equal(y[0, 0, -1], y[0, 0, -2])  # the last row repeats
+    assert torch.equal(y[0, 0, :, 0], y[0, 0, :, 1])  # so does the first column
+    assert torch.equal(shift_image(x, 0, 0), x)
+
+
+def test_stitched_maps_move_one_fine_cell_when_the_image_moves_one_step() -> None:
+    """Shift and stitch reads the same method on a finer grid: moving the picture by one step
+    (patch / K pixels) moves the fine map by one cell."""
+    import torch
+
+    from medtriad.errors import ConfigError
+    from medtriad.explain import MatchScore, cxr_maps
+    from medtriad.explain.maps import shift_image
+    from medtriad.models import build_model
+
+    from .conftest import tiny_config
+
+    model = build_model(tiny_config("data.cxr.size=48")).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(1, 1, 48, 48)
+    x[..., 8:40, 8:40] = torch.rand(1, 1, 32, 32, generator=g)  # a flat 8 px frame
+    score = MatchScore((torch.nn.functional.normalize(torch.randn(8, generator=g), dim=0),))
+    k = 4
+    dense = cxr_maps(model, x, score, shifts=k)
+    moved = cxr_maps(model, shift_image(x, 2, 0), score, shifts=k)
+    assert dense["similarity"].shape == (1, 24, 24)
+    rows = np.array([r for r in range(23) if r % k != k - 1])
+    for method in ("similarity", "relevance"):
+        assert np.allclose(moved[method][0, rows], dense[method][0, rows + 1], atol=1e-5), method
+    plain = cxr_maps(model, x, score)
+    assert plain["similarity"].shape == (1, 6, 6)
+    with pytest.raises(ConfigError):
+        cxr_maps(model, x, score, shifts=3)

@@ -334,3 +334,57 @@ def test_register_tokens_sit_after_the_class_token_and_stay_out_of_the_embedding
         assert not torch.allclose(vit(x), before, atol=1e-4)
     with pytest.raises(ValueError, match="registers"):
         VisionTransformer(32, 8, 16, 2, 2, registers=-1)
+
+
+def _token_change(vit: VisionTransformer, x: torch.Tensor, row: int, col: int) -> torch.Tensor:
+    """Per-token output change when the 8 x 8 patch at (row, col) of `x` is replaced by noise."""
+    y = x.clone()
+    y[..., row * 8 : (row + 1) * 8, col * 8 : (col + 1) * 8] = torch.randn(1, 1, 8, 8)
+    outs = []
+    with torch.no_grad():
+        for image in (y, x):
+            torch.manual_seed(1)  # the same DropKey draw for both
+            outs.append(vit.forward_tokens(image))
+    return (outs[0] - outs[1]).abs().amax(dim=(0, 2))
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_local_radius_limits_what_a_patch_token_reads(depth: int) -> None:
+    """Radius 1: after L layers a patch token depends on the patches within L rows and columns,
+    whatever DropKey masks in training; the class token and registers still read every patch."""
+    torch.manual_seed(0)
+    vit = VisionTransformer(48, 8, 16, depth, 2, registers=1, attention_radius=1, dropkey=0.3)
+    x = torch.randn(1, 1, 48, 48)
+    grid = 6
+    for mode in ("eval", "train"):
+        getattr(vit, mode)()
+        change = _token_change(vit, x, 5, 5)
+        patches = change[vit.n_prefix :].reshape(grid, grid)
+        for r, c in itertools.product(range(grid), range(grid)):
+            near = max(abs(r - 5), abs(c - 5)) <= depth
+            assert (patches[r, c] > 0) == near, (mode, r, c)
+        assert torch.all(change[: vit.n_prefix] > 0)
+    global_vit = VisionTransformer(48, 8, 16, depth, 2).eval()
+    assert torch.all(_token_change(global_vit, x, 5, 5) > 0)
+
+
+def test_locality_reaches_the_captured_attention_and_is_configured() -> None:
+    torch.manual_seed(0)
+    vit = build_vit(VitConfig(size="custom", dim=16, depth=1, heads=2, attention_radius=2), 48).eval()
+    assert vit.attention_radius == 2
+    with torch.no_grad(), vit.capture_attention() as maps:
+        vit.forward_tokens(torch.randn(2, 1, 48, 48))
+    probs = maps[0][:, :, 1:, :]  # patch queries
+    assert torch.all(probs[..., 0] == 0)  # never the class token
+    first = probs[:, :, 0, 1:].reshape(2, 2, 6, 6)  # patch (0, 0) reads rows and columns 0..2
+    assert torch.all(first[..., :3, :3] > 0) and torch.all(first[..., 3:, :] == 0)
+    assert torch.all(first[..., :, 3:] == 0)
+    with pytest.raises(ConfigError) as exc:
+        VitConfig(attention_radius=0).check("model.cxr")
+    assert exc.value.key == "model.cxr.attention_radius"
+
+
+def test_registers_are_refused_beside_a_local_radius() -> None:
+    with pytest.raises(ConfigError) as exc:
+        VitConfig(attention_radius=1, registers=2).check("model.cxr")
+    assert exc.value.key == "model.cxr.registers"

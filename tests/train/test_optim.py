@@ -48,7 +48,7 @@ def test_frozen_parameters_do_not_move() -> None:
     head = next(step.model.heads["cxr"].parameters())
     before = head.detach().clone()
     opt = build_optimizer(step, lr=1e-2, weight_decay=0.1)
-    emb, scale = step({"cxr": torch.rand(4, 1, 16, 16), "ecg": torch.randn(4, 12, 100)})
+    emb, scale, _ = step({"cxr": torch.rand(4, 1, 16, 16), "ecg": torch.randn(4, 12, 100)})
     (emb["cxr"] @ emb["ecg"].T * scale).sum().backward()
     opt.step()
     assert torch.equal(before, head)

@@ -50,8 +50,10 @@ __all__ = [
     "combine_report",
     "join_statements",
     "radiology_text",
+    "report_sentences",
     "split_combined",
     "split_sections",
+    "split_sentences",
 ]
 
 RAD_MARKER = "[RAD]"
@@ -335,3 +337,37 @@ def split_combined(text: object) -> tuple[str | None, str | None]:
     rad = clean_report(" ".join(parts[RAD_MARKER]))
     ecg = clean_report(" ".join(parts[ECG_MARKER]))
     return (rad or None, ecg or None)
+
+
+# --- sentences --------------------------------------------------------------------------------
+_SENTENCE_SPLIT = re.compile(r"(?<=[.;!?])\s+")
+_LIST_NUMBER = re.compile(r"^\(?\d{1,2}[.)]\s*")
+_MIN_SENTENCE_LETTERS = 3
+
+
+def split_sentences(text: object) -> list[str]:
+    """A cleaned text cut into sentences at ``. ; ! ?`` followed by a space.
+
+    List numbers (``"1. "``) are dropped from a sentence's start, and pieces with fewer than
+    three letters (a lone number, an orphan abbreviation) are left out."""
+    out = []
+    for piece in _SENTENCE_SPLIT.split(clean_report(text)):
+        piece = _LIST_NUMBER.sub("", piece).strip()
+        if sum(ch.isalpha() for ch in piece) >= _MIN_SENTENCE_LETTERS:
+            out.append(piece)
+    return out
+
+
+def report_sentences(
+    text: object, sections: Iterable[str] | str = DEFAULT_SECTIONS
+) -> dict[str, list[str]]:
+    """Sentences of a (combined) report by part: ``{"radiology": [...], "cardiology": [...]}``.
+
+    The radiology part is read as the model's radiology input (`radiology_text`: findings and
+    impression, else the whole part), so an indication or an examination line, which describe
+    the request rather than the image, yields no sentence."""
+    radiology, cardiology = split_combined(text)
+    return {
+        "radiology": split_sentences(radiology_text(radiology, sections)) if radiology else [],
+        "cardiology": split_sentences(cardiology) if cardiology else [],
+    }

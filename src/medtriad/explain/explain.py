@@ -71,16 +71,32 @@ EcgInput = str | Path | np.ndarray | Ecg
 # --------------------------------------------------------------------------- batched arrays
 
 
-def cxr_maps(model: Any, images: Any, score: MatchScore) -> dict[str, np.ndarray]:
-    """(B, 1, S, S) model-size X-rays -> {method: (B, h, w) patch-grid map}."""
+def cxr_maps(model: Any, images: Any, score: MatchScore, shifts: int = 1) -> dict[str, np.ndarray]:
+    """(B, 1, S, S) model-size X-rays -> {method: (B, h * shifts, w * shifts) map}.
+
+    ``shifts`` K > 1 samples the maps K times per patch along each axis (shift and stitch):
+    the image is moved by patch / K pixel steps, centred on the unshifted grid, each shifted
+    copy gives the maps of patches centred at its offset, and the K * K grids are interleaved.
+    The result is the same method read on a K times finer grid of patch centres (K * K
+    forwards); K must divide the patch size."""
     x = as_batch(images, 4)
-    grid = model.encoders["cxr"].grid
-    sim = token_similarity(model, "cxr", x, score.target())
-    rel = attention_relevance(model, "cxr", x, score)
-    return {
-        "similarity": M.to_grid(sim.cpu().numpy(), grid),
-        "relevance": M.to_grid(rel.cpu().numpy(), grid),
-    }
+    encoder = model.encoders["cxr"]
+    grid, patch = encoder.grid, encoder.patch_size
+    if shifts < 1 or patch % shifts:
+        raise ConfigError("explain.shifts", f"must be a divisor of the patch size {patch}, got {shifts}")
+    step = patch // shifts
+    origin = (patch - step) // 2
+    out = {k: np.zeros((len(x), grid[0] * shifts, grid[1] * shifts), np.float32) for k in TOKEN_METHODS}
+    for ky in range(shifts):
+        for kx in range(shifts):
+            xs = M.shift_image(x, step * ky - origin, step * kx - origin)
+            got = {
+                "similarity": token_similarity(model, "cxr", xs, score.target()),
+                "relevance": attention_relevance(model, "cxr", xs, score),
+            }
+            for k, v in got.items():
+                out[k][:, ky::shifts, kx::shifts] = M.to_grid(v.cpu().numpy(), grid)
+    return out
 
 
 def ecg_maps(
@@ -127,7 +143,8 @@ def match_scores(
 class CxrExplanation:
     """X-ray maps. ``image``: the (S, S) model input; ``native``: the original image (None when
     an array already of the model's size was given). Maps per method on the patch grid, the
-    model input and the original image."""
+    model input and the original image; ``shifts``: token maps read that many times per patch
+    along each axis (`cxr_maps`)."""
 
     image: np.ndarray
     native: np.ndarray | None
@@ -135,6 +152,7 @@ class CxrExplanation:
     token_maps: dict[str, np.ndarray]
     maps: dict[str, np.ndarray]
     native_maps: dict[str, np.ndarray]
+    shifts: int = 1
 
     def peaks(self) -> dict[str, tuple[int, int]]:
         """(row, col) of each map's maximum, in original pixels (input pixels without one)."""
@@ -201,6 +219,7 @@ class Explanation:
                 "native_size": list(c.native.shape) if c.native is not None else None,
                 "peak_units": "original pixels" if c.native is not None else "input pixels",
                 "fit": c.fit,
+                "shifts": c.shifts,
             }
         if self.ecg is not None:
             e = self.ecg
@@ -327,10 +346,12 @@ def explain_inputs(
     out: str | Path | None = None,
     ig_steps: int = 32,
     ig_baseline: Literal["pad", "zeros"] = "pad",
+    shifts: int = 1,
     device: str | torch.device = "cpu",
 ) -> Explanation:
     """Explain the match of two or three inputs under a model (a `MultiModalModel`, a run
     folder or a model folder); with `out`, write PNGs, ``explain.html`` and ``explain.json``.
+    ``shifts`` reads the X-ray maps on a finer grid (see `cxr_maps`).
 
     Raises ConfigError with fewer than two inputs or an input the model has no encoder for,
     DataError for an unreadable or misshapen input.
@@ -365,7 +386,9 @@ def explain_inputs(
     if cxr_in is not None:
         image, native = cxr_in
         fit = model.config.data.cxr.fit
-        grids = {k: v[0] for k, v in cxr_maps(model, inputs["cxr"], scores["cxr"]).items()}
+        grids = {
+            k: v[0] for k, v in cxr_maps(model, inputs["cxr"], scores["cxr"], shifts).items()
+        }
         result.cxr = CxrExplanation(
             image=image,
             native=native,
@@ -377,6 +400,7 @@ def explain_inputs(
             }
             if native is not None
             else {},
+            shifts=shifts,
         )
     if ecg_in is not None:
         signal, lead_mask, fs = ecg_in

@@ -21,11 +21,21 @@ __all__ = [
     "grid_to_native",
     "image_peak",
     "input_to_native_coords",
+    "shift_image",
     "time_peak",
     "to_grid",
     "upsample_grid",
     "upsample_time",
 ]
+
+
+def shift_image(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """(..., H, W) images moved so that output pixel (r, c) shows input pixel (r + dy, c + dx),
+    edge pixels repeated where that falls outside."""
+    h, w = x.shape[-2:]
+    rows = (torch.arange(h, device=x.device) + dy).clamp(0, h - 1)
+    cols = (torch.arange(w, device=x.device) + dx).clamp(0, w - 1)
+    return x[..., rows[:, None], cols[None, :]]
 
 
 def to_grid(values: np.ndarray, grid: Sequence[int]) -> np.ndarray:

@@ -181,16 +181,34 @@ class MultiModalModel(nn.Module):
         Vectors are float32 (also under autocast: a logit scale of 50 needs more than bf16's
         three digits) and L2-normalised unless ``normalize`` is False (for losses that need raw ones).
         """
+        return self.encode_with_tokens(batch, (), normalize=normalize)[0]
+
+    def encode_with_tokens(
+        self, batch: Any, token_modalities: Sequence[str], *, normalize: bool = True
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """`encode`, plus the projected patch/time tokens of `token_modalities` (cxr, ecg):
+        ``{modality: (B, N, embed_dim)}``, class token and registers left out, not normalised.
+
+        One encoder pass gives both, for losses that read tokens (`medtriad.losses.local`).
+        """
         inputs = getattr(batch, "inputs", batch)
         if not isinstance(inputs, Mapping):
             raise TypeError(f"a batch is a mapping or has .inputs, got {type(batch).__name__}")
         out: dict[str, Tensor] = {}
+        tokens_out: dict[str, Tensor] = {}
         for modality in self.encoders:
             if inputs.get(modality) is None:
                 continue
-            z = self.heads[modality](self.features(modality, inputs[modality], inputs)).float()
+            if modality in token_modalities:
+                encoder = self.encoders[modality]
+                tokens = self.forward_tokens(modality, inputs[modality], inputs.get("ecg_lead_mask"))
+                feats = encoder.pool_tokens(tokens)
+                tokens_out[modality] = self.heads[modality](tokens[:, encoder.n_prefix :]).float()
+            else:
+                feats = self.features(modality, inputs[modality], inputs)
+            z = self.heads[modality](feats).float()
             out[modality] = F.normalize(z, dim=-1) if normalize else z
-        return out
+        return out, tokens_out
 
     def forward(self, batch: Any) -> dict[str, Tensor]:
         return self.encode(batch)

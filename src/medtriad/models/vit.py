@@ -46,6 +46,7 @@ __all__ = [
     "dropkey_mask",
     "dropkey_rates",
     "load_timm_weights",
+    "locality_mask",
     "pool_tokens",
     "resample_pos_embed",
     "timm_to_vit_state",
@@ -83,6 +84,25 @@ def dropkey_mask(
     return drop.to(dtype) * torch.finfo(dtype).min
 
 
+def locality_mask(
+    grid: tuple[int, int], n_prefix: int, radius: int, *, device: torch.device | str | None = None
+) -> Tensor:
+    """Additive (n, n) mask, n = n_prefix + h * w, for neighbourhood attention on a patch grid.
+
+    A patch reads the patches within `radius` rows and columns of it (Chebyshev distance) and
+    nothing else, not the class token or the registers: whatever a patch token holds comes from
+    its neighbourhood, which grows by `radius` per layer. The prefix tokens read every token."""
+    h, w = grid
+    rows = torch.arange(h, device=device).repeat_interleave(w)
+    cols = torch.arange(w, device=device).repeat(h)
+    near = ((rows[:, None] - rows[None]).abs() <= radius) & ((cols[:, None] - cols[None]).abs() <= radius)
+    n = n_prefix + h * w
+    ok = torch.ones(n, n, dtype=torch.bool, device=device)
+    ok[n_prefix:, :n_prefix] = False
+    ok[n_prefix:, n_prefix:] = near
+    return torch.zeros(n, n, device=device).masked_fill(~ok, torch.finfo(torch.float32).min)
+
+
 # --------------------------------------------------------------------------- blocks
 
 
@@ -95,7 +115,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, dropkey: float = 0.0, store: list[Tensor] | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        dropkey: float = 0.0,
+        store: list[Tensor] | None = None,
+        allowed: Tensor | None = None,
+    ) -> Tensor:
+        """`allowed`: optional (n, n) additive mask (0 where a query may read a key, the dtype's
+        minimum where not), combined with DropKey's."""
         b, n, d = x.shape
         q, k, v = (
             self.qkv(x)
@@ -103,9 +131,10 @@ class Attention(nn.Module):
             .permute(2, 0, 3, 1, 4)
             .unbind(0)
         )
-        mask = None
+        mask = None if allowed is None else allowed.to(q.dtype)
         if self.training and dropkey > 0:
-            mask = dropkey_mask(b, self.heads, n, dropkey, dtype=q.dtype, device=q.device)
+            drop = dropkey_mask(b, self.heads, n, dropkey, dtype=q.dtype, device=q.device)
+            mask = drop if mask is None else torch.maximum(drop + mask, drop.new_tensor(torch.finfo(q.dtype).min))
         if store is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
@@ -140,8 +169,14 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, dropkey: float = 0.0, store: list[Tensor] | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), dropkey, store)
+    def forward(
+        self,
+        x: Tensor,
+        dropkey: float = 0.0,
+        store: list[Tensor] | None = None,
+        allowed: Tensor | None = None,
+    ) -> Tensor:
+        x = x + self.attn(self.norm1(x), dropkey, store, allowed)
         return x + self.mlp(self.norm2(x))
 
 
@@ -163,9 +198,10 @@ class DropKeyTransformer(nn.Module):
         self.dropkey_rates = dropkey_rates(dropkey, depth, schedule)
         self._store: list[Tensor] | None = None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, allowed: Tensor | None = None) -> Tensor:
+        """`allowed`: an optional (n, n) additive attention mask for every layer (see `Attention`)."""
         for block, p in zip(self.blocks, self.dropkey_rates):
-            x = block(x, p, self._store)
+            x = block(x, p, self._store, allowed)
         return self.norm(x)
 
     @contextmanager
@@ -278,15 +314,20 @@ class VisionTransformer(nn.Module):
         schedule: str = "linear_decrease",
         pool: str = "cls",
         registers: int = 0,
+        attention_radius: int | None = None,
     ) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         if registers < 0:
             raise ValueError(f"registers must be >= 0, got {registers}")
+        if attention_radius is not None and attention_radius < 1:
+            raise ValueError(f"attention_radius must be >= 1 or None, got {attention_radius}")
         self.dim = dim
         self.pool = pool
         self.n_prefix = 1 + registers
+        self.attention_radius = attention_radius
+        self._allowed: dict[tuple[int, int, str], Tensor] = {}
         self.patch_size = patch_size
         self.grid = (image_size // patch_size, image_size // patch_size)
         self.stem = ConvStem(dim, patch_size) if stem == "conv" else PatchStem(dim, patch_size)
@@ -314,7 +355,17 @@ class VisionTransformer(nn.Module):
         if self.register_tokens is not None:
             regs = self.register_tokens.expand(len(tokens), -1, -1)
             tokens = torch.cat([tokens[:, :1], regs, tokens[:, 1:]], dim=1)
-        return self.transformer(tokens)
+        return self.transformer(tokens, self._locality(grid, tokens.device))
+
+    def _locality(self, grid: tuple[int, ...], device: torch.device) -> Tensor | None:
+        if self.attention_radius is None:
+            return None
+        key = (grid[0], grid[1], str(device))
+        if key not in self._allowed:
+            self._allowed[key] = locality_mask(
+                (grid[0], grid[1]), self.n_prefix, self.attention_radius, device=device
+            )
+        return self._allowed[key]
 
     def pool_tokens(self, tokens: Tensor) -> Tensor:
         """(B, n_prefix + N, D) tokens -> (B, D) features with this encoder's ``pool``."""
@@ -348,6 +399,7 @@ def build_vit(cfg: VitConfig, image_size: int, key: str = "model.cxr") -> Vision
         cfg.dropkey_schedule,
         cfg.pool,
         cfg.registers,
+        cfg.attention_radius,
     )
     if cfg.pretrained:
         if cfg.stem != "patch":

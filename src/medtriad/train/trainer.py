@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medtriad.config import Config, save_config
+from medtriad.config import LOCAL_SECTIONS, Config, LocalLossConfig, save_config
 from medtriad.data.dataset import Batch, EpochBatches, make_loader, open_dataset
 from medtriad.errors import ConfigError, DataError
 from medtriad.train import checkpoint as ckpt
@@ -48,6 +48,7 @@ from medtriad.train.distributed import (
     shutdown_distributed,
 )
 from medtriad.train.optim import build_optimizer, freeze_by_glob, lr_factor, set_lr
+from medtriad.train.sentences import SentenceBank, build_sentence_bank, sentence_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +64,23 @@ class EncodeStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, inputs: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:
+    def forward(self, inputs: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor, dict[str, tuple[Tensor, Tensor, Tensor]]]:
+        """(embeddings, logit scale, local) where local maps each modality with
+        ``inputs["sentences"]`` to (projected tokens, sentence embeddings, sentence mask)."""
         feats = inputs.get("report_features")
+        sentences = inputs.get("sentences") or {}
+        inputs = {k: v for k, v in inputs.items() if k != "sentences"}
         if feats is not None:
             inputs = {k: v for k, v in inputs.items() if k not in ("report", "report_features")}
-        emb = self.model.encode(inputs)
+        emb, tokens = self.model.encode_with_tokens(inputs, tuple(sentences))
         if feats is not None:
             z = self.model.heads["report"](feats).float()
             emb["report"] = F.normalize(z, dim=-1)
-        return emb, self.model.logit_scale
+        local = {
+            m: (tokens[m], sentence_embeddings(self.model, s), s["mask"].to(tokens[m].device))
+            for m, s in sentences.items() if m in tokens
+        }
+        return emb, self.model.logit_scale, local
 
 
 def _uniform_hash(index: np.ndarray, *keys: int) -> np.ndarray:
@@ -149,14 +158,19 @@ def _restrict(dataset: Any, modalities: list[str]) -> Any:
     return view
 
 
-def _inputs(batch: Batch, cache: TextCache | None, device: torch.device) -> dict[str, Any]:
+def _inputs(
+    batch: Batch, cache: TextCache | None, device: torch.device, sentences: dict[str, SentenceBank] | None = None
+) -> dict[str, Any]:
     inputs = dict(batch.inputs)
     if cache is not None and "report" in inputs:
         inputs["report"] = None
         inputs["report_features"] = cache.lookup(batch.index.to(cache.features.device))
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else
-                ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v))
-            for k, v in inputs.items()}
+    out = {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else
+               ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v))
+           for k, v in inputs.items()}
+    if sentences:
+        out["sentences"] = {m: bank.lookup(batch.index) for m, bank in sentences.items() if m in inputs}
+    return out
 
 
 def _split_inputs(inputs: dict[str, Any], rows: slice) -> dict[str, Any]:
@@ -187,6 +201,23 @@ def _rng_restore(state: tuple[Tensor, Tensor | None], device: torch.device) -> N
 # ----------------------------------------------------------------------------- the step
 
 
+def _add_local(
+    out: Any, local: dict[str, tuple[Tensor, Tensor, Tensor]], present: dict[str, Tensor], scale: Tensor, cfg: LocalLossConfig
+) -> Any:
+    """`out` with ``weight * local_alignment_loss`` of each modality added (parts: ``local/<m>``)."""
+    from medtriad.losses import LossOutput
+    from medtriad.losses.local import local_alignment_loss
+
+    total, parts = out.total, dict(out.parts)
+    for m, (tokens, sentences, mask) in local.items():
+        rows = present[m] & present.get("report", torch.ones_like(present[m]))
+        value = local_alignment_loss(tokens, sentences, mask, rows, scale, cfg.tau)
+        if value is not None:
+            total = total + cfg.weight * value
+            parts[f"local/{m}"] = value.detach()
+    return LossOutput(total, parts)
+
+
 def contrastive_step(
     step_module: nn.Module,
     raw_module: EncodeStep,
@@ -196,18 +227,22 @@ def contrastive_step(
     chunk_size: int | None,
     autocast: contextlib.AbstractContextManager[Any] | Any,
     scale_loss: Any = None,
+    local: LocalLossConfig | None = None,
 ) -> Any:
     """Forward + backward of one batch; returns the loss output (gradients left in .grad).
 
     With `chunk_size` smaller than the batch, gradient caching is used (see module docstring).
-    `step_module` is the DDP-wrapped `raw_module` (or the same object without DDP).
+    `step_module` is the DDP-wrapped `raw_module` (or the same object without DDP). With
+    ``inputs["sentences"]`` and `local`, the local token-sentence term is added with its weight.
     """
     scale_loss = scale_loss or (lambda t: t)
     n = next(v for v in present.values()).shape[0]
     if not chunk_size or chunk_size >= n:
         with autocast():
-            emb, scale = step_module(inputs)
+            emb, scale, tokens = step_module(inputs)
         out = loss_fn(emb, present, scale)
+        if tokens and local is not None:
+            out = _add_local(out, tokens, present, scale, local)
         # `0 * scale` keeps the logit scale in the graph for losses that ignore it (DHN-NCE), so
         # DDP sees a gradient for every parameter
         scale_loss(out.total + 0.0 * scale.sum()).backward()
@@ -220,7 +255,7 @@ def contrastive_step(
         for sl in slices:
             states.append(_rng_snapshot(device))
             with autocast():
-                emb, scale = raw_module(_split_inputs(inputs, sl))
+                emb, scale, _ = raw_module(_split_inputs(inputs, sl))
             cached.append(emb)
     leaves = {m: torch.cat([c[m] for c in cached]).detach().requires_grad_(True) for m in cached[0]}
     scale_leaf = scale.detach().requires_grad_(True)
@@ -234,7 +269,7 @@ def contrastive_step(
         ctx = sync_ctx() if (sync_ctx is not None and not last) else contextlib.nullcontext()
         with ctx:
             with autocast():
-                emb, scale = step_module(_split_inputs(inputs, sl))
+                emb, scale, _ = step_module(_split_inputs(inputs, sl))
             surrogate = sum((emb[m] * leaves[m].grad[sl]).sum() for m in emb if leaves[m].grad is not None)
             if last and scale_leaf.grad is not None:
                 surrogate = surrogate + (scale * scale_leaf.grad).sum()
@@ -326,7 +361,7 @@ def validate(
     for rows in batches:
         b = dataset[rows]
         with autocast():
-            emb, scale = raw(_inputs(b, cache, env.device))
+            emb, scale, _ = raw(_inputs(b, cache, env.device))
         present = {m: b.present[m].to(env.device) for m in emb}
         losses.append(float(mean_over_ranks(loss_fn(emb, present, scale).total.detach())))
         embs.append({m: e.float() for m, e in emb.items()})
@@ -348,6 +383,35 @@ def validate(
             out[f"val/{pair}/{k}"] = res[k]
         out[f"val/{pair}/n"] = res["n"]
     return out
+
+
+def _sentence_banks(
+    model: nn.Module, dataset: Any, config: Config, run: Path | None, text_frozen: bool
+) -> dict[str, SentenceBank]:
+    """Sentence banks of the training set for `loss.local` (none when its weight is 0)."""
+    lc = config.loss.local
+    if lc.weight == 0:
+        return {}
+    key = "loss.local"
+    if "report" not in model.encoders:
+        raise ConfigError(f"{key}.weight", "the local term aligns tokens with report sentences: add report to data.modalities")
+    missing = [m for m in lc.modalities if m not in model.encoders]
+    if missing:
+        raise ConfigError(f"{key}.modalities", f"{missing} are not in data.modalities")
+    if config.model.head.type != "linear":
+        raise ConfigError(
+            "model.head.type", "the local term projects every token through the head; a BatchNorm head would "
+            "fold the tokens into its batch statistics: use linear"
+        )
+    if config.train.chunk_size:
+        raise ConfigError("train.chunk_size", "gradient caching does not carry the local term's token gradients: unset one of them")
+    return {
+        m: build_sentence_bank(
+            model, dataset, LOCAL_SECTIONS[m], lc.max_sentences, list(config.data.report.sections),
+            frozen=text_frozen, cache_file=None if run is None else run / f"sentence_cache_{m}.pt",
+        )
+        for m in lc.modalities
+    }
 
 
 def _check_shard_settings(dataset: Any, cfg: Config) -> None:
@@ -447,6 +511,10 @@ def train(
         step_module: nn.Module = raw
         if env.distributed:
             ddp_kwargs: dict[str, Any] = {"broadcast_buffers": False}
+            cx = config.model.cxr
+            if "cxr" in model.encoders and cx.attention_radius is not None and cx.pool == "mean":
+                # no patch reads the class token or registers, and the embedding does not either
+                ddp_kwargs["find_unused_parameters"] = True
             if env.device.type == "cuda":
                 ddp_kwargs["device_ids"] = [env.device]
             step_module = nn.parallel.DistributedDataParallel(raw, **ddp_kwargs)
@@ -455,6 +523,8 @@ def train(
         if use_cache:
             cache_train = build_text_cache(model, train_ds, run / "text_cache_train.pt" if env.is_main else None)
             cache_val = build_text_cache(model, val_ds, run / "text_cache_val.pt" if env.is_main else None)
+        local_cfg = config.loss.local
+        sentence_banks = _sentence_banks(model, train_ds, config, run if env.is_main else None, text_frozen)
 
         if state is not None:
             ckpt.set_rng_state(state["rng"][env.rank] if env.rank < len(state["rng"]) else state["rng"][0])
@@ -498,7 +568,7 @@ def train(
                     if step >= total_steps:
                         break
                     batch = modality_dropout(batch, tc.modality_dropout, config.seed, step)
-                    inputs = _inputs(batch, cache_train, env.device)
+                    inputs = _inputs(batch, cache_train, env.device, sentence_banks)
                     if tc.augment.enabled:
                         from medtriad.train.augment import augment_cxr, augment_ecg
 
@@ -518,7 +588,7 @@ def train(
                     optimizer.zero_grad(set_to_none=True)
                     out = contrastive_step(
                         step_module, raw, loss_fn, inputs, present, tc.chunk_size, autocast,
-                        scale_loss=(scaler.scale if scaler else None),
+                        scale_loss=(scaler.scale if scaler else None), local=local_cfg,
                     )
                     _loss_params_all_reduce(loss_fn, env)
                     if scaler is not None:
