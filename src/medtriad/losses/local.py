@@ -16,7 +16,10 @@ local the match is: as it goes to 0, ``v`` is the best single token's cosine; as
 ``v`` tends to the cosine of the mean token (the global score of a mean-pooled encoder).
 
 Under ``torch.distributed`` each rank scores its own rows only (the token tensors are too
-large to gather); the global terms still see the whole batch.
+large to gather); the global terms still see the whole batch. The similarities take
+``B * B * sentences * tokens`` floats (the demo: 64 * 64 * 11 * 64, 12 MB); at a batch of 512
+per rank with 196 patches that is gigabytes, so large per-rank batches want fewer sentences
+(``loss.local.max_sentences``).
 """
 
 from __future__ import annotations
