@@ -108,3 +108,21 @@ def test_settings_the_local_term_cannot_serve_are_refused(
 def test_the_config_refuses_a_modality_without_tokens() -> None:
     with pytest.raises(ConfigError, match="no tokens"):
         tiny_config("loss.local.modalities=[report]")
+
+
+def test_two_gloo_processes_train_with_the_local_term_and_neighbourhood_attention(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    """Each rank scores its own rows; the class token, which no patch reads under a radius and
+    the mean-pooled embedding ignores, must not stall DDP."""
+    from .test_trainer import finish, pretrain_args, run_cli
+
+    extra = (
+        "train.max_steps=3", "train.threads=1", "model.head.type=linear", "loss.local.weight=1.0",
+        "model.cxr.pool=mean", "model.cxr.attention_radius=1",
+    )
+    finish(run_cli(pretrain_args(tiny_shards, tmp_path / "ddp", *extra), nproc=2))
+    rows = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert all(r["loss/local/cxr"] > 0 for r in steps)
