@@ -140,7 +140,8 @@ class VitConfig:
     global information other than the patches. ``attention_radius`` R makes every layer's patch
     attention local: a patch reads only the patches within R rows and columns (not the class
     token or registers), so its token describes its neighbourhood and the maps stay where the
-    evidence is; null is global attention.
+    evidence is; 0 leaves each patch token to its own patch (the stem's receptive field), null is
+    global attention.
     """
 
     size: EncoderSize = "mini"
@@ -162,7 +163,8 @@ class VitConfig:
         _check_transformer(self, key)
         _positive(self.patch_size, f"{key}.patch_size")
         if self.attention_radius is not None:
-            _positive(self.attention_radius, f"{key}.attention_radius")
+            if self.attention_radius < 0:
+                raise ConfigError(f"{key}.attention_radius", f"must be >= 0 or null, got {self.attention_radius}")
             if self.registers:
                 raise ConfigError(
                     f"{key}.registers",

@@ -96,3 +96,20 @@ def test_matched_pairs_give_a_lower_loss_than_shuffled_ones() -> None:
     matched = local_alignment_loss(tokens, sentences, mask, rows, 10.0, 0.1)
     shuffled = local_alignment_loss(tokens, sentences[torch.roll(torch.arange(b), 1)], mask, rows, 10.0, 0.1)
     assert matched < shuffled
+
+
+def test_scores_follow_the_formula_term_by_term() -> None:
+    """S_ij = mean over report j's sentences m of tau * log(mean_k exp(<p_ik, s_jm> / tau)),
+    written as loops; a report without sentences scores 0."""
+    tokens, sentences = _unit(3, 4, 6), _unit(4, 3, 6, seed=2)
+    mask = torch.tensor([[True, False, True], [False, False, False], [True, True, True], [False, True, False]])
+    tau = 0.2
+    got = local_scores(tokens, sentences, mask, tau)
+    for i in range(3):
+        for j in range(4):
+            v = [
+                tau * math.log(sum(math.exp(float(tokens[i, k] @ sentences[j, m]) / tau) for k in range(4)) / 4)
+                for m in range(3)
+                if mask[j, m]
+            ]
+            assert got[i, j].item() == pytest.approx(sum(v) / len(v) if v else 0.0, abs=1e-12)

@@ -178,8 +178,9 @@ def test_logit_scale_starts_at_the_configured_value_and_is_capped() -> None:
     assert isinstance(model.heads["cxr"], MoreHead)
 
 
-def test_demo_config_builds_and_encodes() -> None:
-    config = load_config(ROOT / "configs" / "demo.yaml")
+@pytest.mark.parametrize("name", ["demo.yaml", "demo_fine.yaml"])
+def test_demo_config_builds_and_encodes(name: str) -> None:
+    config = load_config(ROOT / "configs" / name)
     model = build_model(config).eval()
     with torch.no_grad():
         emb = model.encode(
@@ -191,6 +192,7 @@ def test_demo_config_builds_and_encodes() -> None:
         )
     assert {m: z.shape for m, z in emb.items()} == {m: (2, 128) for m in ("cxr", "ecg", "report")}
     assert not any(p.requires_grad for p in model.encoders["report"].parameters())
+    assert model.encoders["cxr"].grid == ((8, 8) if name == "demo.yaml" else (16, 16))
 
 
 def test_parameter_summary_counts_per_modality(tiny_model: MultiModalModel) -> None:

@@ -17,9 +17,9 @@ local the match is: as it goes to 0, ``v`` is the best single token's cosine; as
 
 Under ``torch.distributed`` each rank scores its own rows only (the token tensors are too
 large to gather); the global terms still see the whole batch. The similarities take
-``B * B * sentences * tokens`` floats (the demo: 64 * 64 * 11 * 64, 12 MB); at a batch of 512
-per rank with 196 patches that is gigabytes, so large per-rank batches want fewer sentences
-(``loss.local.max_sentences``).
+``B * T * tokens`` floats, T the batch's sentences (the demo: 64 * 313 * 64, 5 MB); at a batch
+of 512 per rank with 196 patches and 5 sentences per report that is 2 GB, so large per-rank
+batches want fewer sentences (``loss.local.max_sentences``).
 """
 
 from __future__ import annotations
@@ -35,13 +35,24 @@ __all__ = ["local_alignment_loss", "local_scores"]
 
 def local_scores(tokens: Tensor, sentences: Tensor, sentence_mask: Tensor, tau: float) -> Tensor:
     """(N, M) scores ``S_ij`` of `tokens` (N, P, d) against `sentences` (M, S, d) with
-    `sentence_mask` (M, S) bool; all vectors unit length. A report without sentences scores 0."""
+    `sentence_mask` (M, S) bool; all vectors unit length. A report without sentences scores 0.
+
+    Only the sentences present are scored: the batch's sentences are packed into one (T, d)
+    matrix, one (N * P, T) product gives every token-sentence cosine, and each report's
+    ``v`` are averaged by an index sum. The padding slots (over half of a demo batch) cost
+    nothing, which makes the term 2.5 times faster than scoring the padded (N, M, S, P) grid on
+    64 tokens and 4.7 times on 256 (`benchmarks/local_loss.py`)."""
     if tau <= 0:
         raise ValueError(f"tau must be positive, got {tau}")
-    sims = torch.einsum("ikd,jmd->ijmk", tokens, sentences)  # (N, M, S, P)
-    v = tau * (torch.logsumexp(sims / tau, dim=-1) - math.log(tokens.shape[1]))
-    w = sentence_mask.to(v.dtype)
-    return (v * w).sum(-1) / w.sum(-1).clamp_min(1.0)
+    n, p, d = tokens.shape
+    m, width, _ = sentences.shape
+    present = sentence_mask.reshape(-1)
+    packed = sentences.reshape(m * width, d)[present]  # (T, d)
+    owner = torch.arange(m, device=tokens.device).repeat_interleave(width)[present]  # (T,)
+    sims = (tokens.reshape(n * p, d) @ packed.T).view(n, p, -1)  # (N, P, T)
+    v = tau * (torch.logsumexp(sims / tau, dim=1) - math.log(p))  # (N, T)
+    counts = sentence_mask.sum(-1).clamp_min(1).to(v.dtype)
+    return v.new_zeros(n, m).index_add(1, owner, v) / counts
 
 
 def local_alignment_loss(

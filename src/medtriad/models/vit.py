@@ -321,8 +321,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         if registers < 0:
             raise ValueError(f"registers must be >= 0, got {registers}")
-        if attention_radius is not None and attention_radius < 1:
-            raise ValueError(f"attention_radius must be >= 1 or None, got {attention_radius}")
+        if attention_radius is not None and attention_radius < 0:
+            raise ValueError(f"attention_radius must be >= 0 or None, got {attention_radius}")
         self.dim = dim
         self.pool = pool
         self.n_prefix = 1 + registers
