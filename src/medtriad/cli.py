@@ -240,6 +240,27 @@ def explain(
     console.print(f"explanation written: {out / 'explain.html'}")
 
 
+@app.command("explain-check")
+def explain_check(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder or saved model folder.")],
+    data: Annotated[Path, typer.Option("--data", help="Cohort written by `medtriad synth` (manifest + annotations).")],
+    splits: Annotated[str, typer.Option(help="Comma-separated splits to score, or 'all' for a cohort the model never saw.")] = "test",
+    prior_data: Annotated[Path | None, typer.Option(help="Cohort whose training masks give the location prior (default: --data).")] = None,
+    tolerance: Annotated[int, typer.Option(help="Mask dilation, native pixels, for tolerant hits.")] = 8,
+    query: Annotated[str, typer.Option(help="positive (the finding's sentences) or contrast (minus its negations).")] = "positive",
+    shifts: Annotated[int, typer.Option(help="X-ray maps on a grid this many times finer (shift and stitch).")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Folder for checks.json, checks.md and pointing.png.")] = None,
+) -> None:
+    """Check the maps against the generator's ground truth: pointing game, ECG windows, randomisation."""
+    from medtriad.explain.checks import check_explanations, to_markdown
+
+    results = check_explanations(run_dir, data, splits=[s.strip() for s in splits.split(",") if s.strip()],
+                                 prior_data=prior_data, tolerance=tolerance, query=query, shifts=shifts, out=out)
+    typer.echo(to_markdown(results))
+    if out is not None:
+        console.print(f"written: {out / 'checks.json'}, {out / 'checks.md'}, {out / 'pointing.png'}")
+
+
 @app.command()
 def index(
     run_dir: Annotated[Path, typer.Argument(help="Run folder (or its model/ folder) of a trained model.")],
@@ -315,6 +336,18 @@ def demo(
         console.print(f"evaluation report: {result.report_html}")
     if result.explain_html:
         console.print(f"explanation of a held-out study: {result.explain_html}")
+    if result.checks:
+        pt = Table(title="pointing game (test split): map maximum inside the finding's region")
+        for col in ("finding", "n", "relevance [95% CI]", "similarity", "random point", "location prior"):
+            pt.add_column(col, justify="left" if col == "finding" else "right")
+        for finding, r in result.checks.items():
+            if finding == "randomisation_spearman":
+                continue
+            lo, hi = r["relevance"]["ci"]
+            pt.add_row(finding, str(r["n"]), f"{r['relevance']['rate']:.2f} [{lo:.2f}, {hi:.2f}]",
+                       f"{r['similarity']['rate']:.2f}", f"{r['random']:.2f}", f"{r['prior']:.2f}")
+        console.print(pt)
+        console.print(f"explanation checks: {result.out / 'explain' / 'checks' / 'checks.md'} and pointing.png")
 
 
 def main() -> None:

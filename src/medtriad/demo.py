@@ -2,7 +2,8 @@
 
 generate -> validate -> shards -> pre-train (time-boxed) -> evaluate on held-out patients
 (zero-shot, retrieval, probes, robustness; results.json + report.html) -> explain one held-out
-study (explain.html).
+study (explain.html) -> check the maps on the held-out studies against the generator's regions
+(pointing game, ECG windows, randomisation; explain/checks/).
 Each step writes into its own folder under OUT and is skipped when its output already exists,
 so an interrupted demo resumes where it stopped (pre-training continues from its checkpoint).
 """
@@ -32,6 +33,7 @@ class DemoResult:
     zeroshot: dict[str, float] = field(default_factory=dict)
     report_html: Path | None = None
     explain_html: Path | None = None
+    checks: dict[str, object] = field(default_factory=dict)
 
 
 def run_demo(
@@ -50,6 +52,7 @@ def run_demo(
     from medtriad.evaluate.heldout import heldout_retrieval
     from medtriad.evaluate.run import evaluate_run
     from medtriad.explain import explain_inputs
+    from medtriad.explain.checks import check_explanations
     from medtriad.train.trainer import train
 
     out_p = Path(out)
@@ -90,9 +93,12 @@ def run_demo(
         cxr, ecg, text = example
         timed("explain", explain_inputs, run_dir, cxr=cxr, ecg=ecg, text=text, out=out_p / "explain", ig_steps=16)
         result.explain_html = out_p / "explain" / "explain.html"
+    checks = timed("explain checks", check_explanations, run_dir, data_dir, splits=["test"], out=out_p / "explain" / "checks")
+    result.checks = _pointing_summary(checks)
     (out_p / "demo_summary.json").write_text(
         json.dumps({"timings": result.timings, "retrieval": result.retrieval, "zeroshot_macro_auroc": result.zeroshot,
-                    "summary": result.summary, "report": str(result.report_html)}, indent=2, default=str)
+                    "pointing_game": result.checks, "summary": result.summary, "report": str(result.report_html)},
+                   indent=2, default=str)
     )
     return result
 
@@ -105,6 +111,18 @@ def _zeroshot_macros(results: dict) -> dict[str, float]:
             auroc = entry.get("macro", {}).get("auroc")
             if isinstance(auroc, (list, tuple)) and len(auroc) == 3:
                 out[f"{name} ({modality})"] = float(auroc[1])
+    return out
+
+
+def _pointing_summary(checks: dict) -> dict[str, object]:
+    """Per finding, the strict hit rates of both maps with intervals, and the baselines to beat."""
+    out: dict[str, object] = {}
+    for finding, r in checks["pointing"].items():
+        if r["n"]:
+            out[finding] = {"n": r["n"], "similarity": r["trained/similarity/strict"],
+                            "relevance": r["trained/relevance/strict"], "random": r["random/strict"],
+                            "prior": r["prior/strict"]}
+    out["randomisation_spearman"] = {k: v["mean"] for k, v in checks["randomisation"].items()}
     return out
 
 

@@ -13,6 +13,7 @@ from medtriad.explain.quality import (
     pointing_hit,
     random_hit_rate,
     spearman,
+    wilson_interval,
     window_fraction,
 )
 
@@ -119,6 +120,21 @@ def test_spearman_ignores_nan_and_sees_monotone_maps() -> None:
     b[0, 0] = np.nan
     assert spearman(a, b) == pytest.approx(1.0)
     assert spearman(a, -a) == pytest.approx(-1.0)
+    assert np.isnan(spearman(a, np.zeros_like(a)))
+
+
+def test_wilson_interval_matches_the_closed_form_and_narrows_with_n() -> None:
+    lo, hi = wilson_interval(7, 10)
+    assert (lo, hi) == (pytest.approx(0.3968, abs=1e-4), pytest.approx(0.8922, abs=1e-4))
+    lo0, hi0 = wilson_interval(0, 20)  # no hits: the interval still has width
+    assert lo0 == 0.0 and hi0 == pytest.approx(0.1611, abs=1e-4)
+    assert wilson_interval(20, 20)[1] == 1.0 and wilson_interval(20, 20)[0] == pytest.approx(1 - 0.1611, abs=1e-4)
+    w_small = np.subtract(*wilson_interval(21, 30)[::-1])
+    w_large = np.subtract(*wilson_interval(210, 300)[::-1])
+    assert w_large < w_small / 2.5
+    assert all(np.isnan(wilson_interval(0, 0)))
+    with pytest.raises(ValueError, match="hits"):
+        wilson_interval(5, 4)
 
 
 def test_shift_image_moves_content_and_repeats_edges() -> None:

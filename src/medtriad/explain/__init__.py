@@ -1,5 +1,6 @@
 """Explanations of a match between inputs: which patches, ECG time steps and leads, and report
-words drive it (`explain_inputs`), and scores that check the maps mean something (`quality`)."""
+words drive it (`explain_inputs`), scores that check the maps mean something (`quality`), and
+those scores over a generated cohort with ground-truth regions (`checks.check_explanations`)."""
 
 from medtriad.explain.attribution import (
     MatchScore,

@@ -7,6 +7,8 @@
   the fraction of time those windows cover (what a map with no preference would give).
 * Randomisation check: Spearman rank correlation between maps from a model and from the same
   architecture re-initialised; maps that explain the model should change with its weights.
+* Hit rates come with Wilson score intervals: with the 30-60 positives per finding of a demo
+  test split, a rate of 0.70 is only known to within about +-0.13.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ __all__ = [
     "random_hit_rate",
     "resample_indices",
     "spearman",
+    "wilson_interval",
     "window_fraction",
 ]
 
@@ -93,7 +96,29 @@ def window_fraction(relevance: np.ndarray, window: np.ndarray) -> float:
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two maps (flattened, NaN pixels dropped)."""
+    """Spearman rank correlation of two maps (flattened, NaN pixels dropped; NaN if either is
+    constant)."""
     a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
     ok = np.isfinite(a) & np.isfinite(b)
-    return float(stats.spearmanr(a[ok], b[ok]).statistic)
+    a, b = a[ok], b[ok]
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")  # a constant map has no ranking to compare
+    return float(stats.spearmanr(a, b).statistic)
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a hit rate ``hits / n`` (default 95%); (NaN, NaN) when n is 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and does not collapse to a point at
+    0 or n hits, which small positive counts (a rare finding's 14-30 images) often give."""
+    if not 0 <= hits <= n:
+        raise ValueError(f"need 0 <= hits <= n, got {hits} hits of {n}")
+    if n == 0:
+        return float("nan"), float("nan")
+    p, z2 = hits / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * float(np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)))
+    # exact at the ends (no hits: 0, all hits: 1), where rounding would leave 1e-16
+    lo = 0.0 if hits == 0 else max(0.0, centre - half)
+    hi = 1.0 if hits == n else min(1.0, centre + half)
+    return lo, hi
