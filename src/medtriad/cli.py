@@ -338,13 +338,13 @@ def demo(
         console.print(f"explanation of a held-out study: {result.explain_html}")
     if result.checks:
         pt = Table(title="pointing game (test split): map maximum inside the finding's region")
-        for col in ("finding", "n", "relevance [95% CI]", "similarity", "random point", "location prior"):
-            pt.add_column(col, justify="left" if col == "finding" else "right")
+        for col in ("finding", "n", "relevance", "95% CI", "similarity", "random", "prior"):
+            pt.add_column(col, justify="left" if col == "finding" else "right", no_wrap=True)
         for finding, r in result.checks.items():
             if finding == "randomisation_spearman":
                 continue
             lo, hi = r["relevance"]["ci"]
-            pt.add_row(finding, str(r["n"]), f"{r['relevance']['rate']:.2f} [{lo:.2f}, {hi:.2f}]",
+            pt.add_row(finding, str(r["n"]), f"{r['relevance']['rate']:.2f}", f"{lo:.2f}-{hi:.2f}",
                        f"{r['similarity']['rate']:.2f}", f"{r['random']:.2f}", f"{r['prior']:.2f}")
         console.print(pt)
         console.print(f"explanation checks: {result.out / 'explain' / 'checks' / 'checks.md'} and pointing.png")
