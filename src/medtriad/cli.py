@@ -250,12 +250,14 @@ def explain_check(
     query: Annotated[str, typer.Option(help="positive (the finding's sentences) or contrast (minus its negations).")] = "positive",
     shifts: Annotated[int, typer.Option(help="X-ray maps on a grid this many times finer (shift and stitch).")] = 1,
     out: Annotated[Path | None, typer.Option(help="Folder for checks.json, checks.md and pointing.png.")] = None,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first unreadable file instead of skipping it.")] = False,
 ) -> None:
     """Check the maps against the generator's ground truth: pointing game, ECG windows, randomisation."""
     from medtriad.explain.checks import check_explanations, to_markdown
 
     results = check_explanations(run_dir, data, splits=[s.strip() for s in splits.split(",") if s.strip()],
-                                 prior_data=prior_data, tolerance=tolerance, query=query, shifts=shifts, out=out)
+                                 prior_data=prior_data, tolerance=tolerance, query=query, shifts=shifts, out=out,
+                                 fail_fast=fail_fast)
     typer.echo(to_markdown(results))
     if out is not None:
         console.print(f"written: {out / 'checks.json'}, {out / 'checks.md'}, {out / 'pointing.png'}")

@@ -172,3 +172,23 @@ def test_cli_prints_the_tables_and_writes_the_files(checks_cohort: Path, run_dir
     assert saved["settings"]["query"] == "contrast" and saved["settings"]["splits"] == ["all"]
     assert "| cardiomegaly |" in res.output and "Randomisation check" in res.output
     assert (out / "pointing.png").is_file()
+
+
+def test_unreadable_files_are_skipped_and_listed_or_raised(checks_cohort: Path, run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "cohort"
+    shutil.copytree(checks_cohort, bad)
+    manifest = pd.read_parquet(bad / "manifest.parquet")
+    victim = manifest[(manifest.label_effusion == 1) & manifest.cxr_path.notna()].iloc[0]
+    (bad / victim.cxr_path).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    ann = bad / manifest[manifest.ecg_path.notna()].iloc[0].meta_annotation_path
+    ann.write_bytes(ann.read_bytes()[:100])  # a cut-off annotation file
+    clean = check_explanations(run_dir, checks_cohort, splits=["all"], progress=False)
+    res = check_explanations(run_dir, bad, splits=["all"], progress=False)
+    assert victim.sample_id in res["skipped"] and victim.cxr_path.split("/")[-1] in res["skipped"][victim.sample_id]
+    assert res["pointing"]["effusion"]["n"] == clean["pointing"]["effusion"]["n"] - 1
+    assert len(res["skipped"]) == 2
+    assert "Skipped 2 studies" in to_markdown(res)
+    with pytest.raises(DataError, match=victim.cxr_path.split("/")[-1]):
+        check_explanations(run_dir, bad, splits=["all"], progress=False, fail_fast=True)

@@ -26,6 +26,8 @@ generated cohort, e.g. a fresh one the model never saw, whose every split is hel
 from __future__ import annotations
 
 import json
+import logging
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -69,6 +71,9 @@ CHUNK = 32
 _ANNOTATIONS = 500.0  # Hz of the generator's ECG wave annotations
 
 MapFn = Callable[[Any, torch.Tensor, MatchScore, int], dict[str, np.ndarray]]
+log = logging.getLogger(__name__)
+# what an unreadable image, record or annotation raises
+_BAD_FILE = (DataError, OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 
 
 def query_embedding(model: Any, label: str, part: str, query: str = "positive") -> torch.Tensor:
@@ -89,15 +94,28 @@ def _batched(fn: Callable[..., dict[str, np.ndarray]], x: torch.Tensor, *rest: t
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
-def _masks(root: Path, rows: pd.DataFrame, finding: str) -> list[np.ndarray]:
+def _mask(path: Path, finding: str) -> np.ndarray:
+    with np.load(path) as ann:
+        if f"mask_{finding}" not in ann:
+            raise DataError(path, f"no mask_{finding} although the study is labelled {finding}")
+        return ann[f"mask_{finding}"]
+
+
+def _readable(
+    rows: pd.DataFrame, load: Callable[[Any], Any], skipped: dict[str, str], fail_fast: bool
+) -> tuple[list[Any], int]:
+    """`load` of every row; a row whose files cannot be read is skipped and its problem kept in
+    `skipped` (by study), or with `fail_fast` the error is raised. Returns (loaded, count)."""
     out = []
-    for a in rows.meta_annotation_path:
-        path = root / a
-        with np.load(path) as ann:
-            if f"mask_{finding}" not in ann:
-                raise DataError(path, f"no mask_{finding} although the study is labelled {finding}")
-            out.append(ann[f"mask_{finding}"])
-    return out
+    for row in rows.itertuples(index=False):
+        try:
+            out.append(load(row))
+        except _BAD_FILE as exc:
+            if fail_fast:
+                raise
+            skipped.setdefault(str(getattr(row, "sample_id", "?")), str(exc))
+            log.warning("skipped %s: %s", getattr(row, "sample_id", "?"), exc)
+    return out, len(out)
 
 
 def _rate(hits: Sequence[bool]) -> dict[str, Any]:
@@ -118,23 +136,35 @@ def pointing_game(
     shifts: int = 1,
     map_fn: MapFn = cxr_maps,
     progress: bool = True,
+    skipped: dict[str, str] | None = None,
+    fail_fast: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Per finding: ``n``, and ``{model}/{method}/{strict|tolerant}`` -> {rate, ci} for the
     trained and re-initialised models, the baselines' rates, and ``spearman/{method}`` (mean,
-    se) between the two models' maps."""
+    se) between the two models' maps. Studies whose files cannot be read go to `skipped`."""
     c = model.config.data.cxr
+    skipped = {} if skipped is None else skipped
     results: dict[str, dict[str, Any]] = {}
     for finding in track(CXR_FINDINGS, total=len(CXR_FINDINGS), description="pointing game", enabled=progress):
         pos = rows[(rows[f"label_{finding}"] == 1) & rows.cxr_path.notna()]
-        res: dict[str, Any] = {"n": len(pos)}
+
+        def load(row: Any, finding: str = finding) -> tuple[np.ndarray, np.ndarray]:
+            mask = _mask(root / row.meta_annotation_path, finding)
+            return read_cxr(root / row.cxr_path, size=c.size, fit=c.fit, clahe=c.clahe), mask
+
+        pairs, n = _readable(pos, load, skipped, fail_fast)
+        res: dict[str, Any] = {"n": n}
         results[finding] = res
-        if pos.empty:
+        if not n:
             continue
-        masks = _masks(root, pos, finding)
-        x = torch.from_numpy(np.stack([read_cxr(root / p, size=c.size, fit=c.fit, clahe=c.clahe) for p in pos.cxr_path]))
+        x = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        masks = [p[1] for p in pairs]
         native = masks[0].shape
         train_pos = prior_rows[(prior_rows[f"label_{finding}"] == 1) & prior_rows.cxr_path.notna()]
-        prior_peak = image_peak(np.mean(_masks(prior_root, train_pos, finding), axis=0)) if len(train_pos) else None
+        prior_masks, _ = _readable(
+            train_pos, lambda row, f=finding: _mask(prior_root / row.meta_annotation_path, f), skipped, fail_fast
+        )
+        prior_peak = image_peak(np.mean(prior_masks, axis=0)) if prior_masks else None
         centre = (native[0] // 2, native[1] // 2)
         maps: dict[str, dict[str, np.ndarray]] = {}
         for tag, m in (("trained", model), ("reinit", fresh)):
@@ -158,22 +188,35 @@ def pointing_game(
 
 
 def ecg_window_study(
-    model: Any, fresh: Any, rows: pd.DataFrame, root: Path, label: str, *, query: str = "positive"
+    model: Any,
+    fresh: Any,
+    rows: pd.DataFrame,
+    root: Path,
+    label: str,
+    *,
+    query: str = "positive",
+    skipped: dict[str, str] | None = None,
+    fail_fast: bool = False,
 ) -> dict[str, Any]:
     """Share of each ECG map on the TP (T end to QRS onset) and QRS windows of `label` records."""
     e = model.config.data.ecg
+    skipped = {} if skipped is None else skipped
     pos = rows[(rows[f"label_{label}"] == 1) & rows.ecg_path.notna()]
-    res: dict[str, Any] = {"n": len(pos)}
-    if pos.empty:
+
+    def load(row: Any) -> tuple[Any, dict[str, np.ndarray]]:
+        rec = read_ecg_input(root / row.ecg_path, e)
+        with np.load(root / row.meta_annotation_path) as ann:
+            return rec, ecg_windows(ann, rec.signal.shape[-1], _ANNOTATIONS, e.fs)
+
+    loaded, count = _readable(pos, load, skipped, fail_fast)
+    res: dict[str, Any] = {"n": count}
+    if not count:
         return res
-    recs = [read_ecg_input(root / p, e) for p in pos.ecg_path]
+    recs = [r for r, _ in loaded]
+    wins = [w for _, w in loaded]
     x = torch.from_numpy(np.stack([r.signal for r in recs]))
     lead_mask = torch.from_numpy(np.stack([r.lead_mask for r in recs]))
     n = x.shape[-1]
-    wins = []
-    for a in pos.meta_annotation_path:
-        with np.load(root / a) as ann:
-            wins.append(ecg_windows(ann, n, _ANNOTATIONS, e.fs))
     for kind in ("tp", "qrs"):
         res[f"time_share/{kind}"] = float(np.mean([w[kind].mean() for w in wins]))
     out = {}
@@ -209,11 +252,14 @@ def check_explanations(
     out: str | Path | None = None,
     map_fn: MapFn = cxr_maps,
     progress: bool = True,
+    fail_fast: bool = False,
 ) -> dict[str, Any]:
     """Pointing game, ECG windows and randomisation check of `run_dir`'s model on a generated
     cohort. `splits`: the cohort's splits to score, or ``("all",)`` for a cohort the model never
     saw; the location prior comes from the training split of `prior_data` (default: the same
-    cohort). With `out`, writes ``checks.json``, ``checks.md`` and ``pointing.png`` there."""
+    cohort). A study whose image, record or annotation cannot be read is skipped and listed
+    under ``skipped`` (with `fail_fast`, its error is raised). With `out`, writes
+    ``checks.json``, ``checks.md`` and ``pointing.png`` there."""
     from medtriad.explain.explain import load_explain_model
     from medtriad.models import build_model
 
@@ -233,11 +279,15 @@ def check_explanations(
     prior = pd.read_parquet(prior_root / "manifest.parquet")
     model = load_explain_model(run_dir).eval()
     fresh = build_model(replace(model.config, seed=model.config.seed + reinit_seed)).eval()
+    skipped: dict[str, str] = {}
     pointing = pointing_game(
-        model, fresh, rows, root, prior[prior.split == "train"], prior_root,
-        tolerance=tolerance, query=query, shifts=shifts, map_fn=map_fn, progress=progress,
+        model, fresh, rows, root, prior[prior.split == "train"], prior_root, tolerance=tolerance,
+        query=query, shifts=shifts, map_fn=map_fn, progress=progress, skipped=skipped, fail_fast=fail_fast,
     )
-    ecg = {label: ecg_window_study(model, fresh, rows, root, label, query=query) for label in ("afib", "sinus")}
+    ecg = {
+        label: ecg_window_study(model, fresh, rows, root, label, query=query, skipped=skipped, fail_fast=fail_fast)
+        for label in ("afib", "sinus")
+    }
     scored = [r for r in pointing.values() if r["n"]]
     randomisation: dict[str, dict[str, float]] = {}
     for method in METHODS:
@@ -257,6 +307,7 @@ def check_explanations(
         "pointing": pointing,
         "ecg": ecg,
         "randomisation": randomisation,
+        "skipped": skipped,
     }
     if out is not None:
         out_p = Path(out)
@@ -322,6 +373,12 @@ def to_markdown(results: dict[str, Any]) -> str:
     for k, v in results["randomisation"].items():
         ci = f" [{v['mean'] - 1.96 * v['se']:+.3f}, {v['mean'] + 1.96 * v['se']:+.3f}]" if "se" in v else ""
         lines.append(f"- {k}: {v['mean']:+.3f}{ci}")
+    skipped = results.get("skipped", {})
+    if skipped:
+        lines += ["", f"Skipped {len(skipped)} studies whose files could not be read:", ""]
+        lines += [f"- {study}: {problem}" for study, problem in list(skipped.items())[:20]]
+        if len(skipped) > 20:
+            lines.append(f"- ... and {len(skipped) - 20} more (checks.json lists them all)")
     return "\n".join(lines) + "\n"
 
 
