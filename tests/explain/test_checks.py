@@ -182,13 +182,20 @@ def test_unreadable_files_are_skipped_and_listed_or_raised(checks_cohort: Path, 
     manifest = pd.read_parquet(bad / "manifest.parquet")
     victim = manifest[(manifest.label_effusion == 1) & manifest.cxr_path.notna()].iloc[0]
     (bad / victim.cxr_path).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    ann = bad / manifest[manifest.ecg_path.notna()].iloc[0].meta_annotation_path
+    cut = manifest[manifest.ecg_path.notna() & (manifest.sample_id != victim.sample_id)].iloc[0]
+    ann = bad / cut.meta_annotation_path
     ann.write_bytes(ann.read_bytes()[:100])  # a cut-off annotation file
+    others = manifest[~manifest.sample_id.isin([victim.sample_id, cut.sample_id]) & manifest.cxr_path.notna()
+                      & (manifest.label_edema == 1)]
+    lost = others.iloc[0].sample_id
+    manifest.loc[manifest.sample_id == lost, "meta_annotation_path"] = None  # no annotation at all
+    manifest.to_parquet(bad / "manifest.parquet")
     clean = check_explanations(run_dir, checks_cohort, splits=["all"], progress=False)
     res = check_explanations(run_dir, bad, splits=["all"], progress=False)
     assert victim.sample_id in res["skipped"] and victim.cxr_path.split("/")[-1] in res["skipped"][victim.sample_id]
+    assert "no annotation file" in res["skipped"][lost]
     assert res["pointing"]["effusion"]["n"] == clean["pointing"]["effusion"]["n"] - 1
-    assert len(res["skipped"]) == 2
-    assert "Skipped 2 studies" in to_markdown(res)
+    assert len(res["skipped"]) == 3
+    assert "Skipped 3 studies" in to_markdown(res)
     with pytest.raises(DataError, match=victim.cxr_path.split("/")[-1]):
         check_explanations(run_dir, bad, splits=["all"], progress=False, fail_fast=True)

@@ -94,6 +94,14 @@ def _batched(fn: Callable[..., dict[str, np.ndarray]], x: torch.Tensor, *rest: t
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
+def _annotation(root: Path, row: Any) -> Path:
+    """The annotation file of a manifest row (a DataError naming the study when it has none)."""
+    rel = getattr(row, "meta_annotation_path", None)
+    if not isinstance(rel, str) or not rel:
+        raise DataError(root / "manifest.parquet", f"study {getattr(row, 'sample_id', '?')} has no annotation file")
+    return root / rel
+
+
 def _mask(path: Path, finding: str) -> np.ndarray:
     with np.load(path) as ann:
         if f"mask_{finding}" not in ann:
@@ -149,7 +157,7 @@ def pointing_game(
         pos = rows[(rows[f"label_{finding}"] == 1) & rows.cxr_path.notna()]
 
         def load(row: Any, finding: str = finding) -> tuple[np.ndarray, np.ndarray]:
-            mask = _mask(root / row.meta_annotation_path, finding)
+            mask = _mask(_annotation(root, row), finding)
             return read_cxr(root / row.cxr_path, size=c.size, fit=c.fit, clahe=c.clahe), mask
 
         pairs, n = _readable(pos, load, skipped, fail_fast)
@@ -162,7 +170,7 @@ def pointing_game(
         native = masks[0].shape
         train_pos = prior_rows[(prior_rows[f"label_{finding}"] == 1) & prior_rows.cxr_path.notna()]
         prior_masks, _ = _readable(
-            train_pos, lambda row, f=finding: _mask(prior_root / row.meta_annotation_path, f), skipped, fail_fast
+            train_pos, lambda row, f=finding: _mask(_annotation(prior_root, row), f), skipped, fail_fast
         )
         prior_peak = image_peak(np.mean(prior_masks, axis=0)) if prior_masks else None
         centre = (native[0] // 2, native[1] // 2)
@@ -205,7 +213,7 @@ def ecg_window_study(
 
     def load(row: Any) -> tuple[Any, dict[str, np.ndarray]]:
         rec = read_ecg_input(root / row.ecg_path, e)
-        with np.load(root / row.meta_annotation_path) as ann:
+        with np.load(_annotation(root, row)) as ann:
             return rec, ecg_windows(ann, rec.signal.shape[-1], _ANNOTATIONS, e.fs)
 
     loaded, count = _readable(pos, load, skipped, fail_fast)
