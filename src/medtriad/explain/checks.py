@@ -111,9 +111,9 @@ def _mask(path: Path, finding: str) -> np.ndarray:
 
 def _readable(
     rows: pd.DataFrame, load: Callable[[Any], Any], skipped: dict[str, str], fail_fast: bool
-) -> tuple[list[Any], int]:
+) -> list[Any]:
     """`load` of every row; a row whose files cannot be read is skipped and its problem kept in
-    `skipped` (by study), or with `fail_fast` the error is raised. Returns (loaded, count)."""
+    `skipped` (by study), or with `fail_fast` the error is raised."""
     out = []
     for row in rows.itertuples(index=False):
         try:
@@ -123,7 +123,7 @@ def _readable(
                 raise
             skipped.setdefault(str(getattr(row, "sample_id", "?")), str(exc))
             log.warning("skipped %s: %s", getattr(row, "sample_id", "?"), exc)
-    return out, len(out)
+    return out
 
 
 def _rate(hits: Sequence[bool]) -> dict[str, Any]:
@@ -160,7 +160,8 @@ def pointing_game(
             mask = _mask(_annotation(root, row), finding)
             return read_cxr(root / row.cxr_path, size=c.size, fit=c.fit, clahe=c.clahe), mask
 
-        pairs, n = _readable(pos, load, skipped, fail_fast)
+        pairs = _readable(pos, load, skipped, fail_fast)
+        n = len(pairs)
         res: dict[str, Any] = {"n": n}
         results[finding] = res
         if not n:
@@ -169,7 +170,7 @@ def pointing_game(
         masks = [p[1] for p in pairs]
         native = masks[0].shape
         train_pos = prior_rows[(prior_rows[f"label_{finding}"] == 1) & prior_rows.cxr_path.notna()]
-        prior_masks, _ = _readable(
+        prior_masks = _readable(
             train_pos, lambda row, f=finding: _mask(_annotation(prior_root, row), f), skipped, fail_fast
         )
         prior_peak = image_peak(np.mean(prior_masks, axis=0)) if prior_masks else None
@@ -216,9 +217,9 @@ def ecg_window_study(
         with np.load(_annotation(root, row)) as ann:
             return rec, ecg_windows(ann, rec.signal.shape[-1], _ANNOTATIONS, e.fs)
 
-    loaded, count = _readable(pos, load, skipped, fail_fast)
-    res: dict[str, Any] = {"n": count}
-    if not count:
+    loaded = _readable(pos, load, skipped, fail_fast)
+    res: dict[str, Any] = {"n": len(loaded)}
+    if not loaded:
         return res
     recs = [r for r, _ in loaded]
     wins = [w for _, w in loaded]
