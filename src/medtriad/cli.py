@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -229,15 +229,29 @@ def explain(
     ig_steps: Annotated[int, typer.Option(help="Integrated-gradients steps for report words.")] = 32,
     ig_baseline: Annotated[str, typer.Option(help="Integrated-gradients baseline: pad or zeros.")] = "pad",
     shifts: Annotated[int, typer.Option(help="X-ray maps on a grid this many times finer (shift and stitch; divides the patch size).")] = 1,
+    occlusion: Annotated[bool, typer.Option(help="Compute the X-ray occlusion map.")] = True,
+    occlusion_window: Annotated[int | None, typer.Option(help="Occlusion window side, model-input pixels (default: the patch size).")] = None,
+    occlusion_stride: Annotated[int | None, typer.Option(help="Occlusion stride, pixels (default: a quarter of the window).")] = None,
+    occlusion_fill: Annotated[str, typer.Option(help="What fills an occluded window: both (the mean of the two drops), mean or blur.")] = "both",
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
     """Explain a match between two or three inputs: X-ray patches, ECG segments, report words."""
     from medtriad.explain import explain_inputs
 
+    occ = _occlusion(occlusion, occlusion_window, occlusion_stride, occlusion_fill)
     result = explain_inputs(run_dir, cxr=cxr, ecg=ecg, text=text, out=out, ig_steps=ig_steps,
-                            ig_baseline=ig_baseline, shifts=shifts, device=device)
+                            ig_baseline=ig_baseline, shifts=shifts, occlusion=occ, device=device)
     console.print({"pairs": {k: round(v, 4) for k, v in result.pair_scores.items()}, "tuple": result.tuple_score})
     console.print(f"explanation written: {out / 'explain.html'}")
+
+
+def _occlusion(on: bool, window: int | None, stride: int | None, fill: str) -> Any:
+    """The X-ray occlusion settings of the CLI options (None when switched off)."""
+    from medtriad.explain.attribution import OCCLUSION_FILLS, Occlusion
+
+    if fill not in OCCLUSION_FILLS:
+        raise typer.BadParameter(f"must be one of {OCCLUSION_FILLS}, got {fill!r}", param_hint="--occlusion-fill")
+    return Occlusion(window, stride, fill) if on else None
 
 
 @app.command("explain-check")
@@ -249,15 +263,20 @@ def explain_check(
     tolerance: Annotated[int, typer.Option(help="Mask dilation, native pixels, for tolerant hits.")] = 8,
     query: Annotated[str, typer.Option(help="positive (the finding's sentences) or contrast (minus its negations).")] = "positive",
     shifts: Annotated[int, typer.Option(help="X-ray maps on a grid this many times finer (shift and stitch).")] = 1,
+    occlusion: Annotated[bool, typer.Option(help="Score the X-ray occlusion map too (the slowest map).")] = True,
+    occlusion_window: Annotated[int | None, typer.Option(help="Occlusion window side, model-input pixels (default: the patch size).")] = None,
+    occlusion_stride: Annotated[int | None, typer.Option(help="Occlusion stride, pixels (default: a quarter of the window).")] = None,
+    occlusion_fill: Annotated[str, typer.Option(help="What fills an occluded window: both (the mean of the two drops), mean or blur.")] = "both",
     out: Annotated[Path | None, typer.Option(help="Folder for checks.json, checks.md and pointing.png.")] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first unreadable file instead of skipping it.")] = False,
 ) -> None:
     """Check the maps against the generator's ground truth: pointing game, ECG windows, randomisation."""
     from medtriad.explain.checks import check_explanations, to_markdown
 
+    occ = _occlusion(occlusion, occlusion_window, occlusion_stride, occlusion_fill)
     results = check_explanations(run_dir, data, splits=[s.strip() for s in splits.split(",") if s.strip()],
-                                 prior_data=prior_data, tolerance=tolerance, query=query, shifts=shifts, out=out,
-                                 fail_fast=fail_fast)
+                                 prior_data=prior_data, tolerance=tolerance, query=query, shifts=shifts,
+                                 occlusion=occ, out=out, fail_fast=fail_fast)
     typer.echo(to_markdown(results))
     if out is not None:
         console.print(f"written: {out / 'checks.json'}, {out / 'checks.md'}, {out / 'pointing.png'}")
@@ -340,14 +359,20 @@ def demo(
         console.print(f"explanation of a held-out study: {result.explain_html}")
     if result.checks:
         pt = Table(title="pointing game (test split): map maximum inside the finding's region")
-        for col in ("finding", "n", "relevance", "95% CI", "similarity", "random", "prior"):
+        for col in ("finding", "n", "relevance", "occlusion", "similarity", "random", "prior"):
             pt.add_column(col, justify="left" if col == "finding" else "right", no_wrap=True)
+
+        def rate(r: dict, method: str) -> str:
+            if method not in r:
+                return "-"
+            lo, hi = r[method]["ci"]
+            return f"{r[method]['rate']:.2f} ({lo:.2f}-{hi:.2f})"
+
         for finding, r in result.checks.items():
             if finding == "randomisation_spearman":
                 continue
-            lo, hi = r["relevance"]["ci"]
-            pt.add_row(finding, str(r["n"]), f"{r['relevance']['rate']:.2f}", f"{lo:.2f}-{hi:.2f}",
-                       f"{r['similarity']['rate']:.2f}", f"{r['random']:.2f}", f"{r['prior']:.2f}")
+            pt.add_row(finding, str(r["n"]), rate(r, "relevance"), rate(r, "occlusion"), rate(r, "similarity"),
+                       f"{r['random']:.2f}", f"{r['prior']:.2f}")
         console.print(pt)
         console.print(f"explanation checks: {result.out / 'explain' / 'checks' / 'checks.md'} and pointing.png")
 

@@ -125,12 +125,12 @@ def test_baselines_and_files(checks_cohort: Path, run_dir: Path, tmp_path: Path)
         masks = [np.load(checks_cohort / a)[f"mask_{f}"] for a in pos.meta_annotation_path]
         assert r["random/strict"] == pytest.approx(np.mean([random_hit_rate(m) for m in masks]))
         assert r["random/tolerant"] >= r["random/strict"]
-        for method in ("similarity", "relevance"):
+        for method in ("similarity", "relevance", "occlusion"):
             rate = r[f"trained/{method}/strict"]["rate"]
             assert 0.0 <= rate <= r[f"trained/{method}/tolerant"]["rate"] <= 1.0
     saved = json.loads((tmp_path / "checks.json").read_text())
     assert saved["settings"]["splits"] == ["val", "test"]
-    assert set(saved["randomisation"]) == {"cxr/similarity", "cxr/relevance", "ecg/similarity", "ecg/relevance"}
+    assert set(saved["randomisation"]) == {"cxr/similarity", "cxr/relevance", "cxr/occlusion", "ecg/similarity", "ecg/relevance"}
     text = (tmp_path / "checks.md").read_text()
     assert text == to_markdown(res)
     for f, r in res["pointing"].items():
@@ -172,6 +172,16 @@ def test_cli_prints_the_tables_and_writes_the_files(checks_cohort: Path, run_dir
     assert saved["settings"]["query"] == "contrast" and saved["settings"]["splits"] == ["all"]
     assert "| cardiomegaly |" in res.output and "Randomisation check" in res.output
     assert (out / "pointing.png").is_file()
+    assert saved["settings"]["occlusion"]["fill"] == "both" and "cxr/occlusion" in saved["randomisation"]
+    # occlusion can be switched off (it is the slowest map) and its settings are checked
+    res = CliRunner().invoke(app, ["explain-check", str(run_dir), "--data", str(checks_cohort), "--splits", "all",
+                                   "--no-occlusion", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((out / "checks.json").read_text())
+    assert saved["settings"]["occlusion"] is None and "cxr/occlusion" not in saved["randomisation"]
+    assert "| finding | n | similarity | relevance | random |" in res.output
+    res = CliRunner().invoke(app, ["explain-check", str(run_dir), "--data", str(checks_cohort), "--occlusion-fill", "zeros"])
+    assert res.exit_code != 0 and "--occlusion-fill" in res.output
 
 
 def test_unreadable_files_are_skipped_and_listed_or_raised(checks_cohort: Path, run_dir: Path, tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def test_three_inputs_write_every_file_with_the_documented_keys(
         sum(doc["scores"]["pairs"].values())
     )  # cosine loss
     assert doc["methods"] == {
-        "cxr": ["similarity", "relevance"],
+        "cxr": ["similarity", "relevance", "occlusion"],
         "ecg": ["similarity", "relevance", "occlusion"],
         "report": ["integrated_gradients"],
     }
@@ -65,6 +65,9 @@ def test_three_inputs_write_every_file_with_the_documented_keys(
         assert Image.open(tmp_path / name).size[0] > 100
     arrays = np.load(tmp_path / "maps.npz")
     assert arrays["cxr_native_relevance"].shape == (64, 64)
+    patch = tiny_model.encoders["cxr"].patch_size  # the default window; a quarter of it the stride
+    assert doc["cxr"]["occlusion"] == {"window": patch, "stride": max(1, patch // 4), "fill": "both"}
+    assert arrays["cxr_occlusion"].shape == (32, 32) and arrays["cxr_native_occlusion"].shape == (64, 64)
     assert arrays["ecg_similarity"].shape == (100,) and arrays["ecg_occlusion"].shape == (12,)
 
 

@@ -4,11 +4,13 @@ those scores over a generated cohort with ground-truth regions (`checks.check_ex
 
 from medtriad.explain.attribution import (
     MatchScore,
+    Occlusion,
     TextAttribution,
     attention_relevance,
     integrated_gradients,
     lead_occlusion,
     loss_geometry,
+    patch_occlusion,
     rollout,
     token_similarity,
 )
@@ -28,6 +30,7 @@ __all__ = [
     "EcgExplanation",
     "Explanation",
     "MatchScore",
+    "Occlusion",
     "TextAttribution",
     "attention_relevance",
     "cxr_maps",
@@ -38,6 +41,7 @@ __all__ = [
     "load_explain_model",
     "loss_geometry",
     "match_scores",
+    "patch_occlusion",
     "rollout",
     "token_similarity",
 ]

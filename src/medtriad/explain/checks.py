@@ -42,8 +42,8 @@ from medtriad.data.ecg import CANONICAL_LEADS, read_ecg_input
 from medtriad.data.synthetic.reports import class_prompts
 from medtriad.data.text import combine_report
 from medtriad.errors import ConfigError, DataError
-from medtriad.explain.attribution import MatchScore, unit_embeddings
-from medtriad.explain.explain import cxr_maps, ecg_maps
+from medtriad.explain.attribution import DEFAULT_OCCLUSION, MatchScore, Occlusion, unit_embeddings
+from medtriad.explain.explain import CXR_METHODS, TOKEN_METHODS, cxr_maps, ecg_maps
 from medtriad.explain.maps import grid_to_native, image_peak, upsample_time
 from medtriad.explain.quality import (
     dilate,
@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 CXR_FINDINGS = ("cardiomegaly", "effusion", "edema", "pneumothorax", "consolidation")
-METHODS = ("similarity", "relevance")
+METHODS = CXR_METHODS
 QUERIES = ("positive", "contrast")
 CHUNK = 32
 _ANNOTATIONS = 500.0  # Hz of the generator's ECG wave annotations
@@ -179,11 +179,11 @@ def pointing_game(
         for tag, m in (("trained", model), ("reinit", fresh)):
             score = MatchScore((query_embedding(m, finding, "rad", query),))
             maps[tag] = _batched(lambda xb, m=m, score=score: map_fn(m, xb, score, shifts), x)
-            for method in METHODS:
+            for method in maps[tag]:
                 full = grid_to_native(maps[tag][method], native, c.size, c.fit)
                 for name, tol in (("strict", 0), ("tolerant", tolerance)):
                     res[f"{tag}/{method}/{name}"] = _rate([pointing_hit(f, k, tol) for f, k in zip(full, masks)])
-        for method in METHODS:
+        for method in maps["trained"]:
             rho = [spearman(a, b) for a, b in zip(maps["trained"][method], maps["reinit"][method])]
             rho = np.array([v for v in rho if np.isfinite(v)])  # constant maps have no ranking
             se = float(rho.std(ddof=1) / np.sqrt(len(rho))) if len(rho) > 1 else float("nan")
@@ -233,14 +233,14 @@ def ecg_window_study(
         score = MatchScore((query_embedding(m, label, "ecg", query),))
         out[tag] = _batched(lambda xb, mb, m=m, score=score: ecg_maps(m, xb, score, mb), x, lead_mask)
     for tag in out:
-        for method in METHODS:
+        for method in TOKEN_METHODS:
             maps = upsample_time(out[tag][method], n)
             if method == "similarity":
                 lo, hi = maps.min(1, keepdims=True), maps.max(1, keepdims=True)
                 maps = (maps - lo) / np.maximum(hi - lo, 1e-12)
             for kind in ("tp", "qrs"):
                 res[f"{tag}/{method}/{kind}"] = float(np.nanmean([window_fraction(r, w[kind]) for r, w in zip(maps, wins)]))
-    for method in METHODS:
+    for method in TOKEN_METHODS:
         rho = [v for a, b in zip(out["trained"][method], out["reinit"][method]) if np.isfinite(v := spearman(a, b))]
         res[f"spearman/{method}"] = float(np.mean(rho)) if rho else float("nan")
     occ = out["trained"]["occlusion"].mean(0)
@@ -257,18 +257,22 @@ def check_explanations(
     tolerance: int = 8,
     query: str = "positive",
     shifts: int = 1,
+    occlusion: Occlusion | None = DEFAULT_OCCLUSION,
     reinit_seed: int = 1,
     out: str | Path | None = None,
-    map_fn: MapFn = cxr_maps,
+    map_fn: MapFn | None = None,
     progress: bool = True,
     fail_fast: bool = False,
 ) -> dict[str, Any]:
     """Pointing game, ECG windows and randomisation check of `run_dir`'s model on a generated
     cohort. `splits`: the cohort's splits to score, or ``("all",)`` for a cohort the model never
     saw; the location prior comes from the training split of `prior_data` (default: the same
-    cohort). A study whose image, record or annotation cannot be read is skipped and listed
-    under ``skipped`` (with `fail_fast`, its error is raised). With `out`, writes
-    ``checks.json``, ``checks.md`` and ``pointing.png`` there."""
+    cohort). ``occlusion``: the X-ray occlusion map's settings (None leaves it out; it costs
+    about ``((S - window) / stride + 1) ** 2`` forwards per image and model). `map_fn` replaces
+    `cxr_maps` (it returns the X-ray maps to score by method). A study whose image, record or
+    annotation cannot be read is skipped and listed under ``skipped`` (with `fail_fast`, its
+    error is raised). With `out`, writes ``checks.json``, ``checks.md`` and ``pointing.png``
+    there."""
     from medtriad.explain.explain import load_explain_model
     from medtriad.models import build_model
 
@@ -289,6 +293,14 @@ def check_explanations(
     model = load_explain_model(run_dir).eval()
     fresh = build_model(replace(model.config, seed=model.config.seed + reinit_seed)).eval()
     skipped: dict[str, str] = {}
+    occ_settings = None
+    if occlusion is not None:
+        c = model.config.data.cxr
+        window, stride = occlusion.resolve(model.encoders["cxr"].patch_size, (c.size, c.size))
+        occ_settings = {"window": window, "stride": stride, "fill": occlusion.fill}
+    if map_fn is None:
+        def map_fn(m: Any, x: torch.Tensor, score: MatchScore, k: int) -> dict[str, np.ndarray]:
+            return cxr_maps(m, x, score, k, occlusion)
     pointing = pointing_game(
         model, fresh, rows, root, prior[prior.split == "train"], prior_root, tolerance=tolerance,
         query=query, shifts=shifts, map_fn=map_fn, progress=progress, skipped=skipped, fail_fast=fail_fast,
@@ -299,7 +311,7 @@ def check_explanations(
     }
     scored = [r for r in pointing.values() if r["n"]]
     randomisation: dict[str, dict[str, float]] = {}
-    for method in METHODS:
+    for method in [m for m in METHODS if scored and f"spearman/{m}" in scored[0]]:
         means = [r[f"spearman/{method}"]["mean"] for r in scored]
         ses = [r[f"spearman/{method}"]["se"] for r in scored]
         # the mean of the findings' means; its standard error from theirs
@@ -307,11 +319,12 @@ def check_explanations(
             "mean": float(np.mean(means)) if means else float("nan"),
             "se": float(np.sqrt(np.nansum(np.square(ses))) / len(ses)) if ses else float("nan"),
         }
-    for method in METHODS:
+    for method in TOKEN_METHODS:
         ecg_means = [e[f"spearman/{method}"] for e in ecg.values() if e["n"]]
         randomisation[f"ecg/{method}"] = {"mean": float(np.mean(ecg_means)) if ecg_means else float("nan")}
     results = {
         "settings": {"splits": list(splits), "tolerance": tolerance, "query": query, "shifts": shifts,
+                     "occlusion": occ_settings,
                      "data": str(root), "prior_data": str(prior_root), "run": str(run_dir)},
         "pointing": pointing,
         "ecg": ecg,
@@ -340,6 +353,12 @@ def _ci(r: dict[str, Any], key: str) -> str:
     return f"{r[key]['rate']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
+def _methods(results: dict[str, Any]) -> list[str]:
+    """The X-ray methods that were scored, in `METHODS` order."""
+    keys = {k for r in results["pointing"].values() for k in r}
+    return [m for m in METHODS if f"trained/{m}/strict" in keys]
+
+
 def to_markdown(results: dict[str, Any]) -> str:
     """The checks as Markdown tables (what `medtriad explain-check` prints and writes)."""
     s, tol = results["settings"], results["settings"]["tolerance"]
@@ -347,21 +366,20 @@ def to_markdown(results: dict[str, Any]) -> str:
         f"Pointing game ({', '.join(s['splits'])} split(s), {s['query']} query, shifts {s['shifts']}): "
         f"hit rate of the map's maximum, strict [95% Wilson interval] / within {tol} px"
     )
-    lines = [
-        title,
-        "",
-        "| finding | n | similarity | relevance | random | centre | prior | re-init sim. | re-init rel. |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    methods = _methods(results)
+    head = ["finding", "n", *methods, "random", "centre", "prior", *(f"re-init {m[:3]}." for m in methods)]
+    lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for f, r in results["pointing"].items():
         def both(key: str, r: dict[str, Any] = r) -> str:
             return f"{_cell(r, key + '/strict')} / {_cell(r, key + '/tolerant')}"
 
-        lines.append(
-            f"| {f} | {r['n']} | {_ci(r, 'trained/similarity/strict')} / {_cell(r, 'trained/similarity/tolerant')} "
-            f"| {_ci(r, 'trained/relevance/strict')} / {_cell(r, 'trained/relevance/tolerant')} | {both('random')} "
-            f"| {both('centre')} | {both('prior')} | {both('reinit/similarity')} | {both('reinit/relevance')} |"
-        )
+        cells = [f, str(r["n"])]
+        cells += [f"{_ci(r, f'trained/{m}/strict')} / {_cell(r, f'trained/{m}/tolerant')}" for m in methods]
+        cells += [both("random"), both("centre"), both("prior"), *(both(f"reinit/{m}") for m in methods)]
+        lines.append("| " + " | ".join(cells) + " |")
+    occ = s.get("occlusion")
+    if occ and "occlusion" in methods:
+        lines += ["", f"Occlusion: window {occ['window']} px, stride {occ['stride']} px (model input), fill {occ['fill']}."]
     lines += [
         "",
         "ECG: share of each map on the T-end-to-QRS-onset (TP; f waves in AF) and QRS windows",
@@ -375,7 +393,7 @@ def to_markdown(results: dict[str, Any]) -> str:
         for kind in ("tp", "qrs"):
             lines.append(
                 f"| {label} | {r['n']} | {kind.upper()} | {r[f'time_share/{kind}']:.3f} | "
-                + " | ".join(f"{r[f'{t}/{m}/{kind}']:.3f}" for t in ("trained", "reinit") for m in METHODS)
+                + " | ".join(f"{r[f'{t}/{m}/{kind}']:.3f}" for t in ("trained", "reinit") for m in TOKEN_METHODS)
                 + " |"
             )
     lines += ["", "Randomisation check: mean Spearman correlation of trained and re-initialised maps", ""]
@@ -400,13 +418,16 @@ def plot_pointing(results: dict[str, Any], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = [(f, r) for f, r in results["pointing"].items() if r["n"]]
-    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.75 * max(len(rows), 1)))
+    methods = _methods(results)
+    colours = {"similarity": "tab:blue", "relevance": "tab:orange", "occlusion": "tab:purple"}
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.3 * (len(methods) + 0.5) * max(len(rows), 1)))
     y = np.arange(len(rows))
-    for k, (method, colour) in enumerate((("similarity", "tab:blue"), ("relevance", "tab:orange"))):
+    bar = 0.8 / max(len(methods), 1)
+    for k, method in enumerate(methods):
         rates = np.array([r[f"trained/{method}/strict"]["rate"] for _, r in rows])
         cis = np.array([r[f"trained/{method}/strict"]["ci"] for _, r in rows]).reshape(-1, 2)
-        yy = y + (k - 0.5) * 0.3
-        ax.barh(yy, rates, height=0.28, color=colour, label=f"{method} (trained)")
+        yy = y + (k - (len(methods) - 1) / 2) * bar
+        ax.barh(yy, rates, height=bar * 0.93, color=colours.get(method, f"C{k}"), label=f"{method} (trained)")
         ax.errorbar(rates, yy, xerr=np.clip([rates - cis[:, 0], cis[:, 1] - rates], 0, None), fmt="none", ecolor="black", capsize=2, lw=0.8)
     ax.scatter([r["random/strict"] for _, r in rows], y, marker="|", s=250, color="black", label="random point", zorder=3)
     ax.scatter([r["prior/strict"] for _, r in rows], y, marker="D", s=25, color="tab:green", label="location prior", zorder=3)
@@ -416,7 +437,7 @@ def plot_pointing(results: dict[str, Any], path: str | Path) -> Path:
     ax.set_xlabel("share of positive images whose map maximum lies in the finding's region")
     s = results["settings"]
     ax.set_title(f"Pointing game ({', '.join(s['splits'])}; {s['query']} query; 95% intervals)", fontsize=10)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -11,8 +11,9 @@ For each given input, the *score* explained is its match with the other inputs (
   others as the direction.
 
 Methods per modality: X-ray and ECG ``similarity`` (token projection . target direction) and
-``relevance`` (gradient-weighted attention rollout), ECG ``occlusion`` per lead, report
-``integrated_gradients`` per word (see `medtriad.explain.attribution`).
+``relevance`` (gradient-weighted attention rollout), X-ray ``occlusion`` per pixel (sliding
+window), ECG ``occlusion`` per lead, report ``integrated_gradients`` per word (see
+`medtriad.explain.attribution`).
 
 `explain_inputs` reads files (or arrays), computes every map, and with ``out`` writes
 ``cxr.png``, ``ecg.png``, ``maps.npz``, ``explain.html`` (self-contained) and ``explain.json``
@@ -38,13 +39,16 @@ from medtriad.errors import ConfigError, DataError
 from medtriad.explain import maps as M
 from medtriad.explain import render
 from medtriad.explain.attribution import (
+    DEFAULT_OCCLUSION,
     MatchScore,
+    Occlusion,
     TextAttribution,
     as_batch,
     attention_relevance,
     integrated_gradients,
     lead_occlusion,
     loss_geometry,
+    patch_occlusion,
     token_similarity,
     unit_embeddings,
 )
@@ -63,6 +67,7 @@ __all__ = [
 ]
 
 TOKEN_METHODS = ("similarity", "relevance")
+CXR_METHODS = (*TOKEN_METHODS, "occlusion")
 JSON_FILE, HTML_FILE, NPZ_FILE = "explain.json", "explain.html", "maps.npz"
 CxrInput = str | Path | np.ndarray
 EcgInput = str | Path | np.ndarray | Ecg
@@ -71,8 +76,11 @@ EcgInput = str | Path | np.ndarray | Ecg
 # --------------------------------------------------------------------------- batched arrays
 
 
-def cxr_maps(model: Any, images: Any, score: MatchScore, shifts: int = 1) -> dict[str, np.ndarray]:
-    """(B, 1, S, S) model-size X-rays -> {method: (B, h * shifts, w * shifts) map}.
+def cxr_maps(
+    model: Any, images: Any, score: MatchScore, shifts: int = 1, occlusion: Occlusion | None = DEFAULT_OCCLUSION
+) -> dict[str, np.ndarray]:
+    """(B, 1, S, S) model-size X-rays -> {similarity, relevance: (B, h * shifts, w * shifts) patch
+    maps; occlusion: (B, S, S) pixel map (`patch_occlusion`; left out when `occlusion` is None)}.
 
     ``shifts`` K > 1 samples the maps K times per patch along each axis (shift and stitch):
     the image is moved by patch / K pixel steps, centred on the unshifted grid, each shifted
@@ -96,6 +104,8 @@ def cxr_maps(model: Any, images: Any, score: MatchScore, shifts: int = 1) -> dic
             }
             for k, v in got.items():
                 out[k][:, ky::shifts, kx::shifts] = M.to_grid(v.cpu().numpy(), grid)
+    if occlusion is not None:
+        out["occlusion"] = patch_occlusion(model, x, score, occlusion).cpu().numpy()
     return out
 
 
@@ -142,9 +152,10 @@ def match_scores(
 @dataclass
 class CxrExplanation:
     """X-ray maps. ``image``: the (S, S) model input; ``native``: the original image (None when
-    an array already of the model's size was given). Maps per method on the patch grid, the
-    model input and the original image; ``shifts``: token maps read that many times per patch
-    along each axis (`cxr_maps`)."""
+    an array already of the model's size was given). Maps per method as computed (``token_maps``:
+    the patch grid, input pixels for occlusion), on the model input and on the original image;
+    ``shifts``: token maps read that many times per patch along each axis; ``occlusion``: the
+    (window, stride, fill) used, None when occlusion was off (`cxr_maps`)."""
 
     image: np.ndarray
     native: np.ndarray | None
@@ -153,6 +164,7 @@ class CxrExplanation:
     maps: dict[str, np.ndarray]
     native_maps: dict[str, np.ndarray]
     shifts: int = 1
+    occlusion: tuple[int, int, str] | None = None
 
     def peaks(self) -> dict[str, tuple[int, int]]:
         """(row, col) of each map's maximum, in original pixels (input pixels without one)."""
@@ -220,6 +232,7 @@ class Explanation:
                 "peak_units": "original pixels" if c.native is not None else "input pixels",
                 "fit": c.fit,
                 "shifts": c.shifts,
+                "occlusion": dict(zip(("window", "stride", "fill"), c.occlusion)) if c.occlusion else None,
             }
         if self.ecg is not None:
             e = self.ecg
@@ -347,11 +360,13 @@ def explain_inputs(
     ig_steps: int = 32,
     ig_baseline: Literal["pad", "zeros"] = "pad",
     shifts: int = 1,
+    occlusion: Occlusion | None = DEFAULT_OCCLUSION,
     device: str | torch.device = "cpu",
 ) -> Explanation:
     """Explain the match of two or three inputs under a model (a `MultiModalModel`, a run
     folder or a model folder); with `out`, write PNGs, ``explain.html`` and ``explain.json``.
-    ``shifts`` reads the X-ray maps on a finer grid (see `cxr_maps`).
+    ``shifts`` reads the X-ray token maps on a finer grid; ``occlusion`` sets the X-ray
+    occlusion map's window, stride and fill, None leaves it out (see `cxr_maps`).
 
     Raises ConfigError with fewer than two inputs or an input the model has no encoder for,
     DataError for an unreadable or misshapen input.
@@ -387,8 +402,11 @@ def explain_inputs(
         image, native = cxr_in
         fit = model.config.data.cxr.fit
         grids = {
-            k: v[0] for k, v in cxr_maps(model, inputs["cxr"], scores["cxr"], shifts).items()
+            k: v[0] for k, v in cxr_maps(model, inputs["cxr"], scores["cxr"], shifts, occlusion).items()
         }
+        occ = None
+        if occlusion is not None:
+            occ = (*occlusion.resolve(model.encoders["cxr"].patch_size, image.shape), occlusion.fill)
         result.cxr = CxrExplanation(
             image=image,
             native=native,
@@ -401,6 +419,7 @@ def explain_inputs(
             if native is not None
             else {},
             shifts=shifts,
+            occlusion=occ,
         )
     if ecg_in is not None:
         signal, lead_mask, fs = ecg_in

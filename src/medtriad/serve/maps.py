@@ -6,7 +6,8 @@ similarities with the query vectors; for symile and gram the tuple it was scored
 query vectors plus the study's other tuple members. Maps, on the model's input grid:
 
 * ``cxr_map`` / ``cxr_relevance``: (h, w) patch grid, token similarity and gradient-weighted
-  attention rollout (`medtriad.explain.cxr_maps`);
+  attention rollout (`medtriad.explain.cxr_maps`; the occlusion map, hundreds of forwards per
+  image, is left to ``medtriad explain``);
 * ``ecg_map`` / ``ecg_relevance``: one value per ECG time token, and ``lead_importance``: the
   score drop when each lead is zeroed (`medtriad.explain.ecg_maps`);
 * ``words``: ``[[word, weight], ...]``, the report's whitespace-separated words in order (markers
@@ -138,7 +139,8 @@ def explain_hits(
             continue
         score = _match_score(store, query, rows[idx], m)
         if m == "cxr":
-            got = cxr_maps(model, batch.inputs["cxr"][idx], score)
+            # no occlusion map: hundreds of forwards per result are too slow for a search reply
+            got = cxr_maps(model, batch.inputs["cxr"][idx], score, occlusion=None)
             for j, i in enumerate(idx):
                 out[i]["cxr_map"] = _round(got["similarity"][j])
                 out[i]["cxr_relevance"] = _round(got["relevance"][j])

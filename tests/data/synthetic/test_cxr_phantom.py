@@ -227,6 +227,26 @@ def test_toggling_a_local_finding_leaves_the_rest_of_the_image(finding: str) -> 
     assert (changed & ~near).sum() < 0.002 * changed.size
 
 
+def test_edema_region_holds_its_three_signs() -> None:
+    """Haze, upper-zone vessels and basal Kerley lines: the region covers the upper lungs (where
+    the vessels are made prominent), leaves most of the lower lungs out, and holds most of the
+    pixels that oedema changes."""
+    for seed, severity in ((9, 0.4), (3, 1.0)):
+        state = make_state(edema=True, severity=severity)
+        with_f, without = render(state, seed), render(dataclasses.replace(state, edema=False), seed)
+        region = with_f.masks["edema"]
+        lungs = with_f.anatomy["lung_right"] | with_f.anatomy["lung_left"]
+        assert not (region & ~lungs).any()
+        rows = np.flatnonzero(lungs.any(axis=1))
+        quarter = (rows[-1] - rows[0]) // 4
+        upper, lower = lungs.copy(), lungs.copy()
+        upper[rows[0] + quarter :] = False
+        lower[: rows[-1] - quarter] = False
+        assert region[upper].mean() > 0.95 and region[lower].mean() < 0.3
+        changed = np.abs(with_f.image.astype(int) - without.image.astype(int)) > 2
+        assert (changed & region).sum() > 0.55 * changed.sum()
+
+
 def test_severity_grows_the_effusion_and_pneumothorax() -> None:
     for finding in ("effusion", "pneumothorax"):
         areas = [

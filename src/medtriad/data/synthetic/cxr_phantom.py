@@ -541,7 +541,11 @@ def _effusion(
 def _edema(
     s: _Scene, g: _Grid, an: _Anatomy, state: PatientState, rng: np.random.Generator
 ) -> Array:
-    """Perihilar bat-wing haze, Kerley B lines at the lateral bases, upper-lobe diversion."""
+    """Perihilar bat-wing haze, Kerley B lines at the lateral bases, upper-lobe diversion.
+
+    The region is where any of the three signs is drawn: the haze, the upper zones whose
+    vessels are made prominent, and the basal band that holds the Kerley lines (all within the
+    lungs). A model that reads oedema from the upper-zone vessels points at oedema."""
     sev = _sev01(state)
     lungs = s.lung[0] + s.lung[1]
     sx, sy = 0.30 + 0.14 * sev, 0.30 + 0.10 * sev
@@ -564,7 +568,7 @@ def _edema(
     jitter = 0.6 * _smooth_noise(rng, g.size, 14)[0]
     lines = np.clip((np.cos((g.y * (1.0 / 0.028) + jitter) * (2 * np.pi)) - 0.55) * 2.2, 0.0, 1.0)
     s.tissue = s.tissue + (0.05 + 0.05 * sev) * kb * lines
-    return (haze_w > 0.4) & (lungs > 0.5)
+    return ((haze_w > 0.4) | (upper > 0.5) | (kb > 0.5)) & (lungs > 0.5)
 
 
 def _pneumothorax(
