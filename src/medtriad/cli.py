@@ -358,20 +358,17 @@ def demo(
     if result.explain_html:
         console.print(f"explanation of a held-out study: {result.explain_html}")
     if result.checks:
-        pt = Table(title="pointing game (test split): map maximum inside the finding's region")
-        for col in ("finding", "n", "relevance", "occlusion", "similarity", "random", "prior"):
+        pt = Table(title="pointing game (test split): map maximum inside the finding's region (95% intervals: checks.md)")
+        for col in ("finding", "n", "occlusion", "relevance", "similarity", "random", "prior"):
             pt.add_column(col, justify="left" if col == "finding" else "right", no_wrap=True)
 
         def rate(r: dict, method: str) -> str:
-            if method not in r:
-                return "-"
-            lo, hi = r[method]["ci"]
-            return f"{r[method]['rate']:.2f} ({lo:.2f}-{hi:.2f})"
+            return f"{r[method]['rate']:.2f}" if method in r else "-"
 
         for finding, r in result.checks.items():
             if finding == "randomisation_spearman":
                 continue
-            pt.add_row(finding, str(r["n"]), rate(r, "relevance"), rate(r, "occlusion"), rate(r, "similarity"),
+            pt.add_row(finding, str(r["n"]), rate(r, "occlusion"), rate(r, "relevance"), rate(r, "similarity"),
                        f"{r['random']:.2f}", f"{r['prior']:.2f}")
         console.print(pt)
         console.print(f"explanation checks: {result.out / 'explain' / 'checks' / 'checks.md'} and pointing.png")
