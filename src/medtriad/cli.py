@@ -219,6 +219,22 @@ def evaluate(
     console.print(f"results: {folder / 'results.json'}; report: {folder / 'report.html'}")
 
 
+# the X-ray occlusion options of `explain` and `explain-check`
+OcclusionOn = Annotated[bool, typer.Option(help="Compute the X-ray occlusion map (the slowest map).")]
+OcclusionWindow = Annotated[int | None, typer.Option(help="Occlusion window side, model-input pixels (default: the patch size).")]
+OcclusionStride = Annotated[int | None, typer.Option(help="Occlusion stride, pixels (default: a quarter of the window).")]
+OcclusionFill = Annotated[str, typer.Option(help="What fills an occluded window: both (the mean of the two drops), mean or blur.")]
+
+
+def _occlusion(on: bool, window: int | None, stride: int | None, fill: str) -> Any:
+    """The X-ray occlusion settings of the CLI options (None when switched off)."""
+    from medtriad.explain.attribution import OCCLUSION_FILLS, Occlusion
+
+    if fill not in OCCLUSION_FILLS:
+        raise typer.BadParameter(f"must be one of {OCCLUSION_FILLS}, got {fill!r}", param_hint="--occlusion-fill")
+    return Occlusion(window, stride, fill) if on else None
+
+
 @app.command()
 def explain(
     run_dir: Annotated[Path, typer.Argument(help="Run folder or saved model folder.")],
@@ -229,10 +245,10 @@ def explain(
     ig_steps: Annotated[int, typer.Option(help="Integrated-gradients steps for report words.")] = 32,
     ig_baseline: Annotated[str, typer.Option(help="Integrated-gradients baseline: pad or zeros.")] = "pad",
     shifts: Annotated[int, typer.Option(help="X-ray maps on a grid this many times finer (shift and stitch; divides the patch size).")] = 1,
-    occlusion: Annotated[bool, typer.Option(help="Compute the X-ray occlusion map.")] = True,
-    occlusion_window: Annotated[int | None, typer.Option(help="Occlusion window side, model-input pixels (default: the patch size).")] = None,
-    occlusion_stride: Annotated[int | None, typer.Option(help="Occlusion stride, pixels (default: a quarter of the window).")] = None,
-    occlusion_fill: Annotated[str, typer.Option(help="What fills an occluded window: both (the mean of the two drops), mean or blur.")] = "both",
+    occlusion: OcclusionOn = True,
+    occlusion_window: OcclusionWindow = None,
+    occlusion_stride: OcclusionStride = None,
+    occlusion_fill: OcclusionFill = "both",
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
     """Explain a match between two or three inputs: X-ray patches, ECG segments, report words."""
@@ -245,15 +261,6 @@ def explain(
     console.print(f"explanation written: {out / 'explain.html'}")
 
 
-def _occlusion(on: bool, window: int | None, stride: int | None, fill: str) -> Any:
-    """The X-ray occlusion settings of the CLI options (None when switched off)."""
-    from medtriad.explain.attribution import OCCLUSION_FILLS, Occlusion
-
-    if fill not in OCCLUSION_FILLS:
-        raise typer.BadParameter(f"must be one of {OCCLUSION_FILLS}, got {fill!r}", param_hint="--occlusion-fill")
-    return Occlusion(window, stride, fill) if on else None
-
-
 @app.command("explain-check")
 def explain_check(
     run_dir: Annotated[Path, typer.Argument(help="Run folder or saved model folder.")],
@@ -263,10 +270,10 @@ def explain_check(
     tolerance: Annotated[int, typer.Option(help="Mask dilation, native pixels, for tolerant hits.")] = 8,
     query: Annotated[str, typer.Option(help="positive (the finding's sentences) or contrast (minus its negations).")] = "positive",
     shifts: Annotated[int, typer.Option(help="X-ray maps on a grid this many times finer (shift and stitch).")] = 1,
-    occlusion: Annotated[bool, typer.Option(help="Score the X-ray occlusion map too (the slowest map).")] = True,
-    occlusion_window: Annotated[int | None, typer.Option(help="Occlusion window side, model-input pixels (default: the patch size).")] = None,
-    occlusion_stride: Annotated[int | None, typer.Option(help="Occlusion stride, pixels (default: a quarter of the window).")] = None,
-    occlusion_fill: Annotated[str, typer.Option(help="What fills an occluded window: both (the mean of the two drops), mean or blur.")] = "both",
+    occlusion: OcclusionOn = True,
+    occlusion_window: OcclusionWindow = None,
+    occlusion_stride: OcclusionStride = None,
+    occlusion_fill: OcclusionFill = "both",
     out: Annotated[Path | None, typer.Option(help="Folder for checks.json, checks.md and pointing.png.")] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first unreadable file instead of skipping it.")] = False,
 ) -> None:
