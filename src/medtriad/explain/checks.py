@@ -5,7 +5,8 @@ beat's wave boundaries), with a trained model:
 
 * Pointing game: for each X-ray finding, the query is the finding's positive sentences
   (`class_prompts`, radiology part), embedded and averaged (``contrast``: minus the mean of the
-  negative sentences). Each map of each positive image is upsampled to the PNG's native pixels
+  negative sentences). Each map (similarity, relevance, occlusion; `cxr_maps`) of each
+  positive image is upsampled to the PNG's native pixels
   and hits when its maximum lies in the mask (strict, and with the mask dilated by `tolerance`
   pixels). Hit rates carry 95% Wilson intervals. Baselines: a uniform random point (the mask's
   area share), the image centre, the location prior (the peak of the mean training mask: one
