@@ -178,3 +178,18 @@ def test_stitched_maps_move_one_fine_cell_when_the_image_moves_one_step() -> Non
     assert plain["similarity"].shape == (1, 6, 6)
     with pytest.raises(ConfigError):
         cxr_maps(model, x, score, shifts=3)
+
+
+def test_peak_of_a_plateau_is_its_centre_not_its_first_pixel() -> None:
+    grid = np.zeros((8, 8))
+    grid[2:5, 4:7] = 1.0  # a 3 x 3 plateau, as a strided occlusion map has
+    assert image_peak(grid) == (3, 5)
+    grid[3, 5] = 1.0 - 1e-9  # ties within a millionth of the range count as the plateau
+    assert image_peak(grid) == (3, 5)
+    grid[0, 0] = 2.0  # a single maximum wins
+    assert image_peak(grid) == (0, 0)
+    nan = np.full((3, 3), np.nan)
+    nan[1, 2] = 0.5
+    assert image_peak(nan) == (1, 2)
+    assert image_peak(np.full((3, 3), np.nan)) == (0, 0)
+    assert image_peak(np.full((3, 3), 0.2)) == (0, 0)  # a constant map points nowhere useful

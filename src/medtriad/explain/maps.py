@@ -130,10 +130,21 @@ def upsample_time(values: np.ndarray, length: int) -> np.ndarray:
 
 
 def image_peak(map2d: np.ndarray) -> tuple[int, int]:
-    """(row, col) of the largest finite value of a 2-D map."""
-    m = np.where(np.isfinite(map2d), map2d, -np.inf)
-    r, c = np.unravel_index(int(np.argmax(m)), m.shape)
-    return int(r), int(c)
+    """(row, col) of the largest finite value of a 2-D map; on a plateau (maps upsampled from
+    a coarser grid, occlusion maps at a stride above 1) the tied pixel nearest the plateau's
+    centroid, not the first in raster order, which would pull every peak up and to the left.
+    A constant (or all-NaN) map has no peak: (0, 0), a corner, which no finding claims."""
+    finite = np.isfinite(map2d)
+    m = np.where(finite, map2d, -np.inf)
+    top = float(m.max())
+    span = top - float(np.min(m, initial=top, where=finite)) if finite.any() else 0.0
+    tied = finite & (m >= top - 1e-6 * span)
+    n = int(tied.sum())
+    if n == 0 or (n > 1 and span <= 0):
+        return 0, 0
+    rows, cols = np.nonzero(tied)
+    k = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+    return int(rows[k]), int(cols[k])
 
 
 def time_peak(map1d: np.ndarray, fs: float) -> float:
