@@ -6,11 +6,11 @@ beat's wave boundaries), with a trained model:
 * Pointing game: for each X-ray finding, the query is the finding's positive sentences
   (`class_prompts`, radiology part), embedded and averaged (``contrast``: minus the mean of the
   negative sentences). Each map (similarity, relevance, occlusion; `cxr_maps`) of each
-  positive image is upsampled to the PNG's native pixels
-  and hits when its maximum lies in the mask (strict, and with the mask dilated by `tolerance`
-  pixels). Hit rates carry 95% Wilson intervals. Baselines: a uniform random point (the mask's
-  area share), the image centre, the location prior (the peak of the mean training mask: one
-  fixed point per finding) and the same maps from a re-initialised model.
+  positive image is upsampled to the PNG's native pixels and hits when its maximum (a
+  plateau's centre, `image_peak`) lies in the mask (strict, and with the mask dilated by
+  `tolerance` pixels). Hit rates carry 95% Wilson intervals. Baselines: a uniform random
+  point (the mask's area share), the image centre, the location prior (the peak of the mean
+  training mask: one fixed point per finding) and the same maps from a re-initialised model.
 * ECG windows: for atrial-fibrillation ECGs queried with the AF statements, the share of each
   map on the T-end-to-QRS-onset windows (f waves; no P waves in AF) and on the QRS complexes,
   against the share of time those windows cover; sinus-rhythm ECGs with the sinus statements
