@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -18,13 +19,16 @@ def test_help_lists_every_command_and_each_has_help() -> None:
 
 
 def test_user_mistake_is_one_line_without_traceback(tmp_path) -> None:
+    # A path longer than a terminal line: the message must still be one line, whole.
+    missing = tmp_path / ("a_rather_long_folder_name_" * 4) / "missing.parquet"
     proc = subprocess.run(
-        [sys.executable, "-m", "medtriad", "validate", str(tmp_path / "missing.parquet")],
+        [sys.executable, "-m", "medtriad", "validate", str(missing)],
         capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "COLUMNS": "80"},
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert "missing.parquet" in proc.stderr and "manifest not found" in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {missing}: manifest not found"]
 
 
 def test_prepare_commands_exist_for_every_preparer_and_run(tmp_path) -> None:
