@@ -31,6 +31,23 @@ def test_user_mistake_is_one_line_without_traceback(tmp_path) -> None:
     assert proc.stderr.strip().splitlines() == [f"error: {missing}: manifest not found"]
 
 
+def test_log_lines_to_a_file_are_whole(capsys) -> None:
+    import logging
+
+    from medtriad.cli import _root
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    path = "/data/" + "a_rather_long_folder_name/" * 5 + "checkpoints/step_00000002"
+    try:
+        _root(False)  # stderr is captured, not a terminal
+        logging.getLogger("medtriad.test").info("resuming from %s (step 2)", path)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert capsys.readouterr().err.splitlines() == [f"INFO     resuming from {path} (step 2)"]
+
+
 def test_prepare_commands_exist_for_every_preparer_and_run(tmp_path) -> None:
     from pathlib import Path
 
