@@ -229,15 +229,18 @@ def evaluate(
 OcclusionOn = Annotated[bool, typer.Option(help="Compute the X-ray occlusion map (the slowest map).")]
 OcclusionWindow = Annotated[int | None, typer.Option(help="Occlusion window side, model-input pixels (default: the patch size).")]
 OcclusionStride = Annotated[int | None, typer.Option(help="Occlusion stride, pixels (default: a quarter of the window).")]
-OcclusionFill = Annotated[str, typer.Option(help="What fills an occluded window: both (the mean of the two drops), mean or blur.")]
+OcclusionFill = Annotated[str, typer.Option(help="What fills an occluded window: mean, blur or mirror (the other side), several joined by '+' (drops averaged); both = mean+blur.")]
 
 
 def _occlusion(on: bool, window: int | None, stride: int | None, fill: str) -> Any:
     """The X-ray occlusion settings of the CLI options (None when switched off)."""
-    from medtriad.explain.attribution import OCCLUSION_FILLS, Occlusion
+    from medtriad.errors import ConfigError
+    from medtriad.explain.attribution import Occlusion, occlusion_fill_parts
 
-    if fill not in OCCLUSION_FILLS:
-        raise typer.BadParameter(f"must be one of {OCCLUSION_FILLS}, got {fill!r}", param_hint="--occlusion-fill")
+    try:
+        occlusion_fill_parts(fill)
+    except ConfigError as exc:  # named after the option the user typed
+        raise typer.BadParameter(exc.reason, param_hint="--occlusion-fill") from None
     return Occlusion(window, stride, fill) if on else None
 
 

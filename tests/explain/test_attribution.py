@@ -341,8 +341,9 @@ def direct_occlusion(model, x: torch.Tensor, target: torch.Tensor, window: int, 
         bases = {
             "mean": torch.full_like(img, float(img.mean())),
             "blur": F.avg_pool2d(F.pad(img, (k // 2,) * 4, mode="replicate"), k, stride=1),
+            "mirror": img[..., torch.arange(w - 1, -1, -1)],  # column c holds column W - 1 - c
         }
-        used = ["mean", "blur"] if fill == "both" else [fill]
+        used = ["mean", "blur"] if fill == "both" else fill.split("+")
         total, count = torch.zeros(h, w), torch.zeros(h, w)
         for r in starts(h):
             for c in starts(w):
@@ -357,7 +358,10 @@ def direct_occlusion(model, x: torch.Tensor, target: torch.Tensor, window: int, 
     return out
 
 
-@pytest.mark.parametrize(("window", "stride", "fill"), [(8, 4, "both"), (6, 5, "blur"), (5, 3, "mean")])
+@pytest.mark.parametrize(
+    ("window", "stride", "fill"),
+    [(8, 4, "both"), (6, 5, "blur"), (5, 3, "mean"), (6, 4, "mirror"), (8, 4, "mean+blur+mirror")],
+)
 def test_patch_occlusion_is_the_mean_drop_of_the_covering_windows(tiny_model, window, stride, fill) -> None:
     cxr, _ = inputs(b=2)
     target = unit(8, seed=4)
@@ -371,9 +375,18 @@ def test_patch_occlusion_of_a_uniform_image_is_zero_and_settings_are_checked(tin
     s = MatchScore((unit(8, seed=4),))
     flat = torch.full((1, 1, 32, 32), 0.3)
     assert patch_occlusion(tiny_model, flat, s).abs().max() < 1e-6  # neither fill changes anything
+    every = patch_occlusion(tiny_model, flat, s, Occlusion(fill="mean+blur+mirror"))
+    assert every.abs().max() < 1e-6
+    # the mirror fill leaves a left-right symmetric image as it was, and no other image
+    half = torch.rand(1, 1, 32, 16, generator=torch.Generator().manual_seed(0))
+    symmetric = torch.cat([half, half.flip(-1)], dim=-1)
+    assert patch_occlusion(tiny_model, symmetric, s, Occlusion(fill="mirror")).abs().max() < 1e-6
+    lopsided = torch.cat([half, torch.zeros_like(half)], dim=-1)
+    assert patch_occlusion(tiny_model, lopsided, s, Occlusion(fill="mirror")).abs().max() > 1e-4
     patch = tiny_model.encoders["cxr"].patch_size
     assert Occlusion().resolve(patch, (32, 32)) == (patch, max(1, patch // 4))
-    for bad in (Occlusion(window=33), Occlusion(stride=-1), Occlusion(fill="zeros")):
+    bads = ("zeros", "mean+zeros", "mean+mean", "both+mirror", "", "mean+")
+    for bad in (Occlusion(window=33), Occlusion(stride=-1), *(Occlusion(fill=f) for f in bads)):
         with pytest.raises(ConfigError):
             patch_occlusion(tiny_model, flat, s, bad)
 

@@ -54,6 +54,7 @@ __all__ = [
     "integrated_gradients",
     "lead_occlusion",
     "loss_geometry",
+    "occlusion_fill_parts",
     "patch_occlusion",
     "rollout",
     "token_similarity",
@@ -223,7 +224,21 @@ def lead_occlusion(
     return (s[:1] - s[1:]).T
 
 
-OCCLUSION_FILLS = ("both", "mean", "blur")
+OCCLUSION_FILLS = ("mean", "blur", "mirror")
+"""The single fills; ``Occlusion.fill`` joins one or more with ``+`` (``both`` = ``mean+blur``)."""
+_FILL_ALIASES = {"both": "mean+blur"}
+
+
+def occlusion_fill_parts(fill: str) -> tuple[str, ...]:
+    """The single fills named by `fill` (``mean``, ``mean+mirror``, ``both``...), in order;
+    ConfigError for an unknown or repeated name."""
+    parts = tuple(_FILL_ALIASES.get(fill, fill).split("+"))
+    if not parts or any(p not in OCCLUSION_FILLS for p in parts) or len(set(parts)) != len(parts):
+        raise ConfigError(
+            "explain.occlusion.fill",
+            f"must be 'both' or one or more of {OCCLUSION_FILLS} joined by '+', got {fill!r}",
+        )
+    return parts
 
 
 @dataclass(frozen=True)
@@ -232,9 +247,13 @@ class Occlusion:
     (None: the patch size); ``stride``: step between windows (None: a quarter of the window);
     ``fill``: what replaces a window, ``mean`` (the image's mean intensity: removes shape and
     texture alike, but a grey window can look like an opacity), ``blur`` (a box-blurred copy,
-    window-sized kernel: removes edges and fine texture, keeps the local brightness) or
-    ``both`` (the mean of the two drops, twice the forwards; the default: on the demo's
-    validation split it pointed better than either, `docs/decisions.md`)."""
+    window-sized kernel: removes edges and fine texture, keeps the local brightness),
+    ``mirror`` (the same window of the left-right mirrored image: the other side of a frontal
+    chest film, so a one-sided finding is replaced by the normal side; a finding on both sides
+    is left in place), or several joined by ``+``, whose drops are averaged, each one more
+    pass of forwards. ``both`` is ``mean+blur``, the default: on the demo's validation split it
+    pointed better than either alone (`docs/decisions.md`, where ``mean+blur+mirror`` is
+    measured too)."""
 
     window: int | None = None
     stride: int | None = None
@@ -248,8 +267,7 @@ class Occlusion:
             raise ConfigError("explain.occlusion.window", f"must be in [1, {min(size)}] pixels, got {window}")
         if stride < 1:
             raise ConfigError("explain.occlusion.stride", f"must be at least 1, got {stride}")
-        if self.fill not in OCCLUSION_FILLS:
-            raise ConfigError("explain.occlusion.fill", f"must be one of {OCCLUSION_FILLS}, got {self.fill!r}")
+        occlusion_fill_parts(self.fill)
         return window, stride
 
 
@@ -279,11 +297,14 @@ def patch_occlusion(
     b, c, h, w = x.shape
     window, stride = settings.resolve(model.encoders["cxr"].patch_size, (h, w))
     bases = []
-    if settings.fill in ("mean", "both"):
-        bases.append(x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x))
-    if settings.fill in ("blur", "both"):
-        k = window | 1  # an odd kernel keeps the blur centred
-        bases.append(F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, stride=1))
+    for part in occlusion_fill_parts(settings.fill):
+        if part == "mean":
+            bases.append(x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x))
+        elif part == "blur":
+            k = window | 1  # an odd kernel keeps the blur centred
+            bases.append(F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, stride=1))
+        else:  # mirror: the window's content on the other side of the image
+            bases.append(x.flip(-1))
     ys, xs = _starts(h, window, stride), _starts(w, window, stride)
     rows = (torch.arange(h)[None] >= ys[:, None]) & (torch.arange(h)[None] < ys[:, None] + window)
     cols = (torch.arange(w)[None] >= xs[:, None]) & (torch.arange(w)[None] < xs[:, None] + window)
