@@ -229,7 +229,7 @@ def evaluate(
 OcclusionOn = Annotated[bool, typer.Option(help="Compute the X-ray occlusion map (the slowest map).")]
 OcclusionWindow = Annotated[int | None, typer.Option(help="Occlusion window side, model-input pixels (default: the patch size).")]
 OcclusionStride = Annotated[int | None, typer.Option(help="Occlusion stride, pixels (default: a quarter of the window).")]
-OcclusionFill = Annotated[str, typer.Option(help="What fills an occluded window: mean, blur or mirror (the other side), several joined by '+' (drops averaged); both = mean+blur.")]
+OcclusionFill = Annotated[str, typer.Option(help="What fills an occluded window: mean, blur or mirror (the other side); several joined by '+' average their drops, by '|' keep the largest; both = mean+blur.")]
 
 
 def _occlusion(on: bool, window: int | None, stride: int | None, fill: str) -> Any:

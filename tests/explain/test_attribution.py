@@ -343,15 +343,17 @@ def direct_occlusion(model, x: torch.Tensor, target: torch.Tensor, window: int, 
             "blur": F.avg_pool2d(F.pad(img, (k // 2,) * 4, mode="replicate"), k, stride=1),
             "mirror": img[..., torch.arange(w - 1, -1, -1)],  # column c holds column W - 1 - c
         }
-        used = ["mean", "blur"] if fill == "both" else fill.split("+")
+        fill = "mean+blur" if fill == "both" else fill
+        used = fill.replace("|", "+").split("+")
         total, count = torch.zeros(h, w), torch.zeros(h, w)
         for r in starts(h):
             for c in starts(w):
-                drop = 0.0
+                drops = []
                 for name in used:
                     copy = img.clone()
                     copy[..., r : r + window, c : c + window] = bases[name][..., r : r + window, c : c + window]
-                    drop += (s0 - unit_embeddings(model, {"cxr": copy})["cxr"][0] @ target) / len(used)
+                    drops.append(s0 - unit_embeddings(model, {"cxr": copy})["cxr"][0] @ target)
+                drop = max(drops) if "|" in fill else sum(drops) / len(drops)
                 total[r : r + window, c : c + window] += drop
                 count[r : r + window, c : c + window] += 1
         out[i] = total / count
@@ -360,7 +362,8 @@ def direct_occlusion(model, x: torch.Tensor, target: torch.Tensor, window: int, 
 
 @pytest.mark.parametrize(
     ("window", "stride", "fill"),
-    [(8, 4, "both"), (6, 5, "blur"), (5, 3, "mean"), (6, 4, "mirror"), (8, 4, "mean+blur+mirror")],
+    [(8, 4, "both"), (6, 5, "blur"), (5, 3, "mean"), (6, 4, "mirror"), (8, 4, "mean+blur+mirror"),
+     (8, 4, "mean|blur|mirror"), (6, 3, "blur|mean")],
 )
 def test_patch_occlusion_is_the_mean_drop_of_the_covering_windows(tiny_model, window, stride, fill) -> None:
     cxr, _ = inputs(b=2)
@@ -385,7 +388,7 @@ def test_patch_occlusion_of_a_uniform_image_is_zero_and_settings_are_checked(tin
     assert patch_occlusion(tiny_model, lopsided, s, Occlusion(fill="mirror")).abs().max() > 1e-4
     patch = tiny_model.encoders["cxr"].patch_size
     assert Occlusion().resolve(patch, (32, 32)) == (patch, max(1, patch // 4))
-    bads = ("zeros", "mean+zeros", "mean+mean", "both+mirror", "", "mean+")
+    bads = ("zeros", "mean+zeros", "mean+mean", "both+mirror", "", "mean+", "mean+blur|mirror", "mean|mean")
     for bad in (Occlusion(window=33), Occlusion(stride=-1), *(Occlusion(fill=f) for f in bads)):
         with pytest.raises(ConfigError):
             patch_occlusion(tiny_model, flat, s, bad)

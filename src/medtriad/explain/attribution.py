@@ -225,20 +225,24 @@ def lead_occlusion(
 
 
 OCCLUSION_FILLS = ("mean", "blur", "mirror")
-"""The single fills; ``Occlusion.fill`` joins one or more with ``+`` (``both`` = ``mean+blur``)."""
+"""The single fills. ``Occlusion.fill`` names one, or several joined by ``+`` (their drops
+averaged) or by ``|`` (the largest drop kept); ``both`` = ``mean+blur``."""
 _FILL_ALIASES = {"both": "mean+blur"}
 
 
-def occlusion_fill_parts(fill: str) -> tuple[str, ...]:
-    """The single fills named by `fill` (``mean``, ``mean+mirror``, ``both``...), in order;
-    ConfigError for an unknown or repeated name."""
-    parts = tuple(_FILL_ALIASES.get(fill, fill).split("+"))
-    if not parts or any(p not in OCCLUSION_FILLS for p in parts) or len(set(parts)) != len(parts):
+def occlusion_fill_parts(fill: str) -> tuple[tuple[str, ...], str]:
+    """(the single fills named by `fill`, how their drops combine: ``mean`` or ``max``);
+    ConfigError for an unknown or repeated name, or ``+`` and ``|`` mixed."""
+    spec = _FILL_ALIASES.get(fill, fill)
+    combine = "max" if "|" in spec else "mean"
+    parts = tuple(spec.split("|" if combine == "max" else "+"))
+    if any(p not in OCCLUSION_FILLS for p in parts) or len(set(parts)) != len(parts):
         raise ConfigError(
             "explain.occlusion.fill",
-            f"must be 'both' or one or more of {OCCLUSION_FILLS} joined by '+', got {fill!r}",
+            f"must be 'both' or one or more of {OCCLUSION_FILLS} joined by '+' (mean of the drops) "
+            f"or by '|' (largest drop), got {fill!r}",
         )
-    return parts
+    return parts, combine
 
 
 @dataclass(frozen=True)
@@ -250,10 +254,11 @@ class Occlusion:
     window-sized kernel: removes edges and fine texture, keeps the local brightness),
     ``mirror`` (the same window of the left-right mirrored image: the other side of a frontal
     chest film, so a one-sided finding is replaced by the normal side; a finding on both sides
-    is left in place), or several joined by ``+``, whose drops are averaged, each one more
-    pass of forwards. ``both`` is ``mean+blur``, the default: on the demo's validation split it
-    pointed better than either alone (`docs/decisions.md`, where ``mean+blur+mirror`` is
-    measured too)."""
+    is left in place), or several, each one more pass of forwards: joined by ``+`` a window's
+    drop is the mean of its fills' drops, joined by ``|`` the largest (the window matters if
+    any replacement removes the evidence). ``both`` is ``mean+blur``, the default: on the
+    demo's validation split it pointed better than either alone (`docs/decisions.md`, where
+    the mirror fill is measured too)."""
 
     window: int | None = None
     stride: int | None = None
@@ -297,7 +302,8 @@ def patch_occlusion(
     b, c, h, w = x.shape
     window, stride = settings.resolve(model.encoders["cxr"].patch_size, (h, w))
     bases = []
-    for part in occlusion_fill_parts(settings.fill):
+    parts, combine = occlusion_fill_parts(settings.fill)
+    for part in parts:
         if part == "mean":
             bases.append(x.mean(dim=(1, 2, 3), keepdim=True).expand_as(x))
         elif part == "blur":
@@ -315,10 +321,13 @@ def patch_occlusion(
         s0 = score(embed_tokens(model, "cxr", model.forward_tokens("cxr", x)))
         for i in range(0, len(masks), per):
             m = masks[i : i + per, None, None]  # (m, 1, 1, H, W)
+            per_fill = []
             for base in bases:
                 copies = torch.lerp(x[None], base[None], m).reshape(-1, c, h, w)
                 z = embed_tokens(model, "cxr", model.forward_tokens("cxr", copies))
-                drops[i : i + per] += (s0 - score(z.reshape(len(m), b, -1))) / len(bases)
+                per_fill.append(s0 - score(z.reshape(len(m), b, -1)))
+            stacked = torch.stack(per_fill)
+            drops[i : i + per] = stacked.amax(0) if combine == "max" else stacked.mean(0)
     return torch.einsum("mb,mhw->bhw", drops, masks) / masks.sum(0)
 
 
