@@ -229,7 +229,7 @@ def evaluate(
 OcclusionOn = Annotated[bool, typer.Option(help="Compute the X-ray occlusion map (the slowest map).")]
 OcclusionWindow = Annotated[int | None, typer.Option(help="Occlusion window side, model-input pixels (default: the patch size).")]
 OcclusionStride = Annotated[int | None, typer.Option(help="Occlusion stride, pixels (default: a quarter of the window).")]
-OcclusionFill = Annotated[str, typer.Option(help="What fills an occluded window: mean, blur or mirror (the other side); several joined by '+' average their drops, by '|' keep the largest; both = mean+blur.")]
+OcclusionFill = Annotated[str, typer.Option(help="What fills an occluded window: mean, blur or mirror (the other side); several joined by '+' average their drops, by '|' keep the largest; default mean|mirror; both = mean+blur.")]
 
 
 def _occlusion(on: bool, window: int | None, stride: int | None, fill: str) -> Any:
@@ -257,7 +257,7 @@ def explain(
     occlusion: OcclusionOn = True,
     occlusion_window: OcclusionWindow = None,
     occlusion_stride: OcclusionStride = None,
-    occlusion_fill: OcclusionFill = "both",
+    occlusion_fill: OcclusionFill = "mean|mirror",
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
     """Explain a match between two or three inputs: X-ray patches, ECG segments, report words."""
@@ -282,7 +282,7 @@ def explain_check(
     occlusion: OcclusionOn = True,
     occlusion_window: OcclusionWindow = None,
     occlusion_stride: OcclusionStride = None,
-    occlusion_fill: OcclusionFill = "both",
+    occlusion_fill: OcclusionFill = "mean|mirror",
     out: Annotated[Path | None, typer.Option(help="Folder for checks.json, checks.md and pointing.png.")] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first unreadable file instead of skipping it.")] = False,
 ) -> None:

@@ -377,7 +377,7 @@ def test_patch_occlusion_is_the_mean_drop_of_the_covering_windows(tiny_model, wi
 def test_patch_occlusion_of_a_uniform_image_is_zero_and_settings_are_checked(tiny_model) -> None:
     s = MatchScore((unit(8, seed=4),))
     flat = torch.full((1, 1, 32, 32), 0.3)
-    assert patch_occlusion(tiny_model, flat, s).abs().max() < 1e-6  # neither fill changes anything
+    assert patch_occlusion(tiny_model, flat, s).abs().max() < 1e-6  # no fill changes anything
     every = patch_occlusion(tiny_model, flat, s, Occlusion(fill="mean+blur+mirror"))
     assert every.abs().max() < 1e-6
     # the mirror fill leaves a left-right symmetric image as it was, and no other image

@@ -172,7 +172,7 @@ def test_cli_prints_the_tables_and_writes_the_files(checks_cohort: Path, run_dir
     assert saved["settings"]["query"] == "contrast" and saved["settings"]["splits"] == ["all"]
     assert "| cardiomegaly |" in res.output and "Randomisation check" in res.output
     assert (out / "pointing.png").is_file()
-    assert saved["settings"]["occlusion"]["fill"] == "both" and "cxr/occlusion" in saved["randomisation"]
+    assert saved["settings"]["occlusion"]["fill"] == "mean|mirror" and "cxr/occlusion" in saved["randomisation"]
     # occlusion can be switched off (it is the slowest map) and its settings are checked
     res = CliRunner().invoke(app, ["explain-check", str(run_dir), "--data", str(checks_cohort), "--splits", "all",
                                    "--no-occlusion", "--out", str(out)])
