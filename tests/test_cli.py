@@ -31,7 +31,8 @@ def test_user_mistake_is_one_line_without_traceback(tmp_path) -> None:
     assert proc.stderr.strip().splitlines() == [f"error: {missing}: manifest not found"]
 
 
-def test_log_lines_to_a_file_are_whole(capsys) -> None:
+def test_log_lines_to_a_file_are_whole(capsys, monkeypatch) -> None:
+    import io
     import logging
 
     from medtriad.cli import _root
@@ -42,6 +43,10 @@ def test_log_lines_to_a_file_are_whole(capsys) -> None:
     try:
         _root(False)  # stderr is captured, not a terminal
         logging.getLogger("medtriad.test").info("resuming from %s (step 2)", path)
+        later = io.StringIO()  # the stream the handler writes to is stderr at emit time
+        monkeypatch.setattr("sys.stderr", later)
+        logging.getLogger("medtriad.test").warning("later")
+        assert later.getvalue() == "WARNING  later\n"
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)

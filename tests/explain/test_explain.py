@@ -66,7 +66,7 @@ def test_three_inputs_write_every_file_with_the_documented_keys(
     arrays = np.load(tmp_path / "maps.npz")
     assert arrays["cxr_native_relevance"].shape == (64, 64)
     patch = tiny_model.encoders["cxr"].patch_size  # the default window; a quarter of it the stride
-    assert doc["cxr"]["occlusion"] == {"window": patch, "stride": max(1, patch // 4), "fill": "both"}
+    assert doc["cxr"]["occlusion"] == {"window": patch, "stride": max(1, patch // 4), "fill": "mean|mirror"}
     assert arrays["cxr_occlusion"].shape == (32, 32) and arrays["cxr_native_occlusion"].shape == (64, 64)
     assert arrays["ecg_similarity"].shape == (100,) and arrays["ecg_occlusion"].shape == (12,)
 
