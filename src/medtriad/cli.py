@@ -246,7 +246,7 @@ def evaluate(
 OcclusionOn = Annotated[bool, typer.Option(help="Compute the X-ray occlusion map (the slowest map).")]
 OcclusionWindow = Annotated[int | None, typer.Option(help="Occlusion window side, model-input pixels (default: the patch size).")]
 OcclusionStride = Annotated[int | None, typer.Option(help="Occlusion stride, pixels (default: a quarter of the window).")]
-OcclusionFill = Annotated[str, typer.Option(help="What fills an occluded window: mean, blur or mirror (the other side); several joined by '+' average their drops, by '|' keep the largest; default mean|mirror; both = mean+blur.")]
+OcclusionFill = Annotated[str, typer.Option(help="What fills an occluded window: reference (the mean training X-ray without a finding), mean, blur or mirror (the other side); several joined by '+' average their drops, by '|' keep the largest; both = mean+blur; auto = mean|reference if the model holds a reference X-ray, else mean|mirror.")]
 
 
 def _occlusion(on: bool, window: int | None, stride: int | None, fill: str) -> Any:
@@ -274,7 +274,7 @@ def explain(
     occlusion: OcclusionOn = True,
     occlusion_window: OcclusionWindow = None,
     occlusion_stride: OcclusionStride = None,
-    occlusion_fill: OcclusionFill = "mean|mirror",
+    occlusion_fill: OcclusionFill = "auto",
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
     """Explain a match between two or three inputs: X-ray patches, ECG segments, report words."""
@@ -299,7 +299,7 @@ def explain_check(
     occlusion: OcclusionOn = True,
     occlusion_window: OcclusionWindow = None,
     occlusion_stride: OcclusionStride = None,
-    occlusion_fill: OcclusionFill = "mean|mirror",
+    occlusion_fill: OcclusionFill = "auto",
     out: Annotated[Path | None, typer.Option(help="Folder for checks.json, checks.md and pointing.png.")] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first unreadable file instead of skipping it.")] = False,
 ) -> None:
@@ -313,6 +313,30 @@ def explain_check(
     typer.echo(to_markdown(results))
     if out is not None:
         console.print(f"written: {out / 'checks.json'}, {out / 'checks.md'}, {out / 'pointing.png'}")
+
+
+@app.command()
+def reference(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder or saved model folder.")],
+    data: Annotated[Path, typer.Argument(help="The run's training data: a manifest or a shard folder.")],
+    split: Annotated[str, typer.Option(help="Split whose X-rays are averaged.")] = "train",
+    limit: Annotated[int, typer.Option(min=1, help="At most this many X-rays (a seeded sample).")] = 2000,
+) -> None:
+    """Store the reference X-ray (mean training X-ray without a finding) with a saved model."""
+    from medtriad.data.dataset import open_dataset
+    from medtriad.errors import DataError
+    from medtriad.explain.explain import load_explain_model, model_folder
+    from medtriad.explain.reference import build_reference_cxr, save_reference
+
+    model = load_explain_model(run_dir)
+    if "cxr" not in model.encoders:
+        raise DataError(run_dir, "the model has no X-ray encoder")
+    ds = open_dataset(data, model.config.data, split=split)
+    ref = build_reference_cxr(ds, limit=limit)
+    if ref.image.shape[1:] != (model.config.data.cxr.size,) * 2:
+        raise DataError(data, f"its X-rays are {ref.image.shape[1:]}, the model reads {model.config.data.cxr.size} px")
+    path = save_reference(ref, model_folder(run_dir))
+    console.print(f"reference X-ray: mean of {ref.count} X-rays (rule {ref.rule}) -> {path}")
 
 
 @app.command()

@@ -343,6 +343,8 @@ def direct_occlusion(model, x: torch.Tensor, target: torch.Tensor, window: int, 
             "blur": F.avg_pool2d(F.pad(img, (k // 2,) * 4, mode="replicate"), k, stride=1),
             "mirror": img[..., torch.arange(w - 1, -1, -1)],  # column c holds column W - 1 - c
         }
+        if getattr(model, "reference_cxr", None) is not None:
+            bases["reference"] = torch.as_tensor(model.reference_cxr.image)[None]
         fill = "mean+blur" if fill == "both" else fill
         used = fill.replace("|", "+").split("+")
         total, count = torch.zeros(h, w), torch.zeros(h, w)
@@ -372,6 +374,46 @@ def test_patch_occlusion_is_the_mean_drop_of_the_covering_windows(tiny_model, wi
     want = direct_occlusion(tiny_model, cxr, target, window, stride, fill)
     assert torch.allclose(got, want, atol=1e-5)
     assert got.abs().max() > 0
+
+
+def with_reference(model, image: torch.Tensor):
+    """A shallow copy of `model` holding `image` as its reference X-ray."""
+    import copy
+
+    from medtriad.explain.reference import ReferenceXray
+
+    out = copy.copy(model)
+    out.reference_cxr = ReferenceXray(image.numpy().astype("float32"), 5, "findings")
+    return out
+
+
+@pytest.mark.parametrize(("window", "stride", "fill"), [(8, 4, "reference"), (6, 4, "reference|mirror"), (6, 5, "auto")])
+def test_reference_fill_is_the_window_of_the_reference_xray(tiny_model, window, stride, fill) -> None:
+    cxr, _ = inputs(b=2)
+    model = with_reference(tiny_model, torch.rand(1, *cxr.shape[-2:], generator=torch.Generator().manual_seed(7)))
+    target = unit(8, seed=4)
+    got = patch_occlusion(model, cxr, MatchScore((target,)), Occlusion(window, stride, fill), chunk=5)
+    want = direct_occlusion(model, cxr, target, window, stride, fill.replace("auto", "mean|reference"))
+    assert torch.allclose(got, want, atol=1e-5) and got.abs().max() > 0
+
+
+def test_auto_fill_follows_the_model_and_reference_needs_one(tiny_model) -> None:
+    from medtriad.explain.attribution import resolve_fill
+
+    cxr, _ = inputs(b=1)
+    s = MatchScore((unit(8, seed=4),))
+    assert resolve_fill("auto", tiny_model) == "mean|mirror" and resolve_fill("auto") == "mean|mirror"
+    assert torch.allclose(patch_occlusion(tiny_model, cxr, s), patch_occlusion(tiny_model, cxr, s, Occlusion(fill="mean|mirror")))
+    # an input equal to the reference loses nothing when a window is replaced by it
+    model = with_reference(tiny_model, cxr[0])
+    assert resolve_fill("auto", model) == "mean|reference" and resolve_fill("mean", model) == "mean"
+    assert patch_occlusion(model, cxr, s, Occlusion(fill="reference")).abs().max() < 1e-6
+    assert patch_occlusion(model, cxr, s).abs().max() > 1e-4  # its mean fill still changes it
+    with pytest.raises(ConfigError, match="reference X-ray"):
+        patch_occlusion(tiny_model, cxr, s, Occlusion(fill="reference"))
+    small = with_reference(tiny_model, torch.zeros(1, 16, 16))
+    with pytest.raises(ConfigError, match="the input"):
+        patch_occlusion(small, cxr, s, Occlusion(fill="reference"))
 
 
 def test_patch_occlusion_of_a_uniform_image_is_zero_and_settings_are_checked(tiny_model) -> None:

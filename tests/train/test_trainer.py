@@ -107,3 +107,23 @@ def test_run_folder_contents(tiny_shards: Path, tmp_path: Path) -> None:
 
     model = MultiModalModel.from_pretrained(r / "model")
     assert model.config.loss.name == "siglip"
+    # the reference X-ray: the mean of the training X-rays whose five findings are all absent
+    import numpy as np
+    import pandas as pd
+
+    df = pd.read_parquet(tiny_shards / "manifest.parquet")
+    findings = ["cardiomegaly", "effusion", "edema", "pneumothorax", "consolidation"]
+    keep = (df.split == "train").to_numpy() & (df[[f"label_{f}" for f in findings]] == 0).all(axis=1).to_numpy()
+    keep &= np.load(tiny_shards / "present.npy")[:, 0]
+    assert 0 < keep.sum() < (df.split == "train").sum()
+    want = np.load(tiny_shards / "cxr.npy")[keep].astype(np.float64).mean(0) / 255.0
+    ref = model.reference_cxr
+    assert (ref.count, ref.rule) == (int(keep.sum()), "findings")
+    assert np.allclose(ref.image, want, atol=1e-5)
+    # a run saved without one gets it from `medtriad reference`
+    (r / "model" / "reference_cxr.npz").unlink()
+    assert MultiModalModel.from_pretrained(r / "model").reference_cxr is None
+    out = finish(run_cli(["reference", str(r), str(tiny_shards)]))
+    assert f"mean of {int(keep.sum())} X-rays (rule findings)" in out
+    again = MultiModalModel.from_pretrained(r / "model").reference_cxr
+    assert again.count == ref.count and np.array_equal(again.image, ref.image)

@@ -43,7 +43,13 @@ from medtriad.data.ecg import CANONICAL_LEADS, read_ecg_input
 from medtriad.data.synthetic.reports import class_prompts
 from medtriad.data.text import combine_report
 from medtriad.errors import ConfigError, DataError
-from medtriad.explain.attribution import DEFAULT_OCCLUSION, MatchScore, Occlusion, unit_embeddings
+from medtriad.explain.attribution import (
+    DEFAULT_OCCLUSION,
+    MatchScore,
+    Occlusion,
+    resolve_fill,
+    unit_embeddings,
+)
 from medtriad.explain.explain import CXR_METHODS, TOKEN_METHODS, cxr_maps, ecg_maps
 from medtriad.explain.maps import grid_to_native, image_peak, upsample_time
 from medtriad.explain.quality import (
@@ -293,12 +299,13 @@ def check_explanations(
     prior = pd.read_parquet(prior_root / "manifest.parquet")
     model = load_explain_model(run_dir).eval()
     fresh = build_model(replace(model.config, seed=model.config.seed + reinit_seed)).eval()
+    fresh.reference_cxr = model.reference_cxr  # the re-initialised maps use the same fill
     skipped: dict[str, str] = {}
     occ_settings = None
     if occlusion is not None:
         c = model.config.data.cxr
         window, stride = occlusion.resolve(model.encoders["cxr"].patch_size, (c.size, c.size))
-        occ_settings = {"window": window, "stride": stride, "fill": occlusion.fill}
+        occ_settings = {"window": window, "stride": stride, "fill": resolve_fill(occlusion.fill, model)}
     if map_fn is None:
         def map_fn(m: Any, x: torch.Tensor, score: MatchScore, k: int) -> dict[str, np.ndarray]:
             return cxr_maps(m, x, score, k, occlusion)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ from medtriad.explain.attribution import (
     lead_occlusion,
     loss_geometry,
     patch_occlusion,
+    resolve_fill,
     token_similarity,
     unit_embeddings,
 )
@@ -64,6 +66,7 @@ __all__ = [
     "explain_inputs",
     "load_explain_model",
     "match_scores",
+    "model_folder",
 ]
 
 TOKEN_METHODS = ("similarity", "relevance")
@@ -276,17 +279,24 @@ def _finite(v: Any) -> float | None:
 # --------------------------------------------------------------------------- inputs
 
 
-def load_explain_model(source: Any, device: str | torch.device = "cpu") -> Any:
-    """A model from a `MultiModalModel`, a run folder (``RUN_DIR/model``) or a model folder."""
-    from medtriad.models.model import WEIGHTS_FILE, MultiModalModel
+def model_folder(source: str | os.PathLike[str]) -> Path:
+    """The saved model folder of a run folder (``RUN_DIR/model``) or of a model folder."""
+    from medtriad.models.model import WEIGHTS_FILE
 
-    if isinstance(source, MultiModalModel):
-        return source
     path = Path(source)
     for candidate in (path / "model", path):
         if (candidate / WEIGHTS_FILE).is_file():
-            return MultiModalModel.from_pretrained(candidate, map_location=device)
+            return candidate
     raise DataError(path, "neither a run folder with model/ nor a saved model folder")
+
+
+def load_explain_model(source: Any, device: str | torch.device = "cpu") -> Any:
+    """A model from a `MultiModalModel`, a run folder (``RUN_DIR/model``) or a model folder."""
+    from medtriad.models.model import MultiModalModel
+
+    if isinstance(source, MultiModalModel):
+        return source
+    return MultiModalModel.from_pretrained(model_folder(source), map_location=device)
 
 
 def _prepare_cxr(model: Any, cxr: CxrInput) -> tuple[np.ndarray, np.ndarray | None]:
@@ -406,7 +416,7 @@ def explain_inputs(
         }
         occ = None
         if occlusion is not None:
-            occ = (*occlusion.resolve(model.encoders["cxr"].patch_size, image.shape), occlusion.fill)
+            occ = (*occlusion.resolve(model.encoders["cxr"].patch_size, image.shape), resolve_fill(occlusion.fill, model))
         result.cxr = CxrExplanation(
             image=image,
             native=native,

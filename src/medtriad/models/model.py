@@ -9,7 +9,8 @@ encoded (their inputs are zero-filled); the losses ignore them. A modality missi
 inputs is not encoded.
 
 A saved model is a directory: ``config.yaml``, ``model.safetensors`` and, with a report encoder,
-``report/`` (tokenizer and architecture), so `from_pretrained` needs nothing outside it.
+``report/`` (tokenizer and architecture), so `from_pretrained` needs nothing outside it; with
+an X-ray encoder, trained models also hold ``reference_cxr.npz`` (`medtriad.explain.reference`).
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ class MultiModalModel(nn.Module):
         self.log_logit_scale = nn.Parameter(
             torch.tensor(math.log(mc.logit_scale_init)), requires_grad=mc.learn_logit_scale
         )
+        # the mean training X-ray without a finding (`medtriad.explain.reference`), saved with
+        # the model; the occlusion map's ``reference`` fill reads it
+        self.reference_cxr: Any = None
 
     # ----------------------------------------------------------------------- properties
 
@@ -254,7 +258,8 @@ class MultiModalModel(nn.Module):
     # ----------------------------------------------------------------------- saving
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.yaml``, ``model.safetensors`` (and ``report/``) into `directory`."""
+        """Write ``config.yaml``, ``model.safetensors`` (and ``report/``, and with a reference
+        X-ray ``reference_cxr.npz``) into `directory`."""
         from safetensors.torch import save_model
 
         directory = Path(directory)
@@ -262,6 +267,10 @@ class MultiModalModel(nn.Module):
         save_config(self.config, directory / CONFIG_FILE)
         if "report" in self.encoders:
             self._text_encoder().save_source(directory / TEXT_SOURCE_DIR)
+        if self.reference_cxr is not None:
+            from medtriad.explain.reference import save_reference
+
+            save_reference(self.reference_cxr, directory)
         tmp = directory / (WEIGHTS_FILE + ".tmp")
         save_model(self, str(tmp))
         os.replace(tmp, directory / WEIGHTS_FILE)
@@ -288,6 +297,10 @@ class MultiModalModel(nn.Module):
             load_model(model, str(weights), strict=True, device=str(map_location))
         except (RuntimeError, OSError) as exc:
             raise DataError(weights, f"weights do not fit the saved config: {exc}") from exc
+        if "cxr" in model.encoders:
+            from medtriad.explain.reference import load_reference
+
+            model.reference_cxr = load_reference(directory, config.data.cxr.size)
         return model.to(map_location)
 
 

@@ -522,6 +522,12 @@ def train(
                 scaler.load_state_dict(state["scaler"])
             start_step, start_epoch, start_batch = state["step"], state["epoch"], state["batch"]
             log.info("resuming from %s (step %d)", resume_dir, start_step)
+        if env.is_main and "cxr" in model.encoders:
+            from medtriad.explain.reference import build_reference_cxr, load_reference
+
+            # the occlusion map's reference fill; saved with every checkpoint and the model
+            kept = load_reference(resume_dir, config.data.cxr.size) if resume_dir is not None else None
+            model.reference_cxr = kept or build_reference_cxr(train_ds)
 
         step_module: nn.Module = raw
         if env.distributed:
