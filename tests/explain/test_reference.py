@@ -38,6 +38,11 @@ def test_xray_findings_must_all_be_absent_and_ecg_labels_do_not_count() -> None:
     labels = np.array([[0, 0, 1, 0], [0, 1, 1, 0], [0, NAN, 0, 1], [0, 0, 0, 1]])
     rows, rule = no_finding_rows(labels, names)
     assert rule == "findings" and rows.tolist() == [True, False, False, True]
+    # a severity-0 column marks absence: oedema grade 0 is no finding
+    names = ["edema_severity_0", "edema_severity_1", "pneumothorax"]
+    labels = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 1]])
+    rows, rule = no_finding_rows(labels, names)
+    assert rule == "findings" and rows.tolist() == [True, False, False]
 
 
 def test_without_xray_labels_or_a_qualifying_row_every_xray_counts(caplog) -> None:

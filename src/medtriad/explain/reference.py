@@ -10,7 +10,8 @@ Which training X-rays count as having no finding:
 * ``no_finding``: where the data has a ``label_no_finding`` column (the CheXpert and MIMIC-CXR
   preparers write one), the rows with ``no_finding`` = 1;
 * ``findings``: otherwise the rows whose X-ray finding columns (those of the built-in X-ray
-  label sets, `medtriad.evaluate.labelsets`, that the data holds) are all 0;
+  label sets, `medtriad.evaluate.labelsets`, that the data holds, but those that mark an
+  absence, such as ``edema_severity_0``) are all 0;
 * ``all``: where the data holds neither, or no row qualifies, every training X-ray.
 
 The trainer builds it from the training split and stores it with the model
@@ -45,6 +46,8 @@ __all__ = [
 
 REFERENCE_FILE = "reference_cxr.npz"
 RULES = ("no_finding", "findings", "all")
+ABSENCE_COLUMNS = ("no_finding", "edema_severity_0")
+"""X-ray label columns whose 1 says a finding is absent: not findings themselves."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,8 @@ class ReferenceXray:
 
 
 def xray_finding_columns(names: list[str]) -> list[str]:
-    """The label names among `names` that a built-in X-ray label set classifies, but
-    ``no_finding``."""
+    """The label names among `names` that a built-in X-ray label set classifies, but those that
+    mark an absence (`ABSENCE_COLUMNS`)."""
     from medtriad.evaluate.labelsets import BUILTIN, builtin_label_set
 
     known: set[str] = set()
@@ -67,7 +70,7 @@ def xray_finding_columns(names: list[str]) -> list[str]:
         ls = builtin_label_set(name)
         if "cxr" in ls.modalities:
             known.update(ls.columns)
-    known.discard("no_finding")
+    known -= set(ABSENCE_COLUMNS)
     return [n for n in names if n in known]
 
 
