@@ -70,7 +70,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny_shards: Path, 
     extra = ("train.max_steps=40", "train.epochs=10", "train.checkpoint_every=2", "loss.name=clip",
              "model.cxr.dropkey=0.2")
     ref = run_cli(pretrain_args(tiny_shards, tmp_path / "ref", *extra))
-    finish(ref)
+    assert "reference X-ray: the mean of" in finish(ref)
 
     run = tmp_path / "killed"
     p = run_cli(pretrain_args(tiny_shards, run, *extra))
@@ -89,6 +89,12 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tiny_shards: Path, 
     assert set(wa) == set(wb)
     for k in wa:
         assert (wa[k] == wb[k]).all(), k
+    # the resumed run keeps the reference X-ray its checkpoint holds
+    import numpy as np
+
+    assert "reference X-ray: the mean of" not in out.split("resuming from")[1]
+    ra, rb = (np.load(r / "model" / "reference_cxr.npz") for r in (tmp_path / "ref", run))
+    assert np.array_equal(ra["image"], rb["image"]) and int(ra["count"]) == int(rb["count"]) > 0
     # the metrics log continues without duplicated or missing steps
     assert [s for s, _ in losses(run)] == list(range(1, 41))
     assert losses(run) == losses(tmp_path / "ref")
