@@ -93,7 +93,8 @@ class Batch:
         return replace(self, present=present)
 
 
-def _labels(df: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+def manifest_labels(df: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """float32 (len(df), len(names)) matrix of the ``label_<name>`` columns, NaN = unknown."""
     cols = [f"{LABEL_PREFIX}{n}" for n in names]
     if not cols:
         return np.zeros((len(df), 0), np.float32)
@@ -119,7 +120,7 @@ class ManifestDataset:
         self.data = data
         self.modalities = list(modalities or data.modalities)
         self.label_names = [c[len(LABEL_PREFIX) :] for c in label_columns(self.df)]
-        self._labels = _labels(self.df, self.label_names)
+        self._labels = manifest_labels(self.df, self.label_names)
         self.bad: dict[str, str] = {}
 
     def __len__(self) -> int:

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from medtriad.config import DataConfig
-from medtriad.data.dataset import Batch, ManifestDataset, _labels
+from medtriad.data.dataset import Batch, ManifestDataset, manifest_labels
 from medtriad.data.manifest import LABEL_PREFIX, label_columns, read_manifest, write_manifest
 from medtriad.errors import DataError
 
@@ -205,7 +205,7 @@ class ShardDataset:
         self.df = df.iloc[rows].reset_index(drop=True)
         self.modalities = list(modalities or SHARD_MODALITIES)
         self.label_names = [c[len(LABEL_PREFIX) :] for c in label_columns(self.df)]
-        self._labels = _labels(self.df, self.label_names)
+        self._labels = manifest_labels(self.df, self.label_names)
         self._arrays: dict[str, np.ndarray] | None = None
         self.root = self.meta["root"]
 

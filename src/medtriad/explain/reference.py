@@ -101,10 +101,10 @@ def build_reference_cxr(dataset: Any, limit: int = 2000, seed: int = 0, batch: i
         raise ValueError(f"limit must be at least 1, got {limit}")
     if "cxr" not in dataset.modalities:
         raise DataError(None, "the data has no X-ray modality to build a reference X-ray from")
+    from medtriad.data.dataset import manifest_labels
+
     names = list(dataset.label_names)
-    cols = [f"label_{n}" for n in names]
-    labels = dataset.df[cols].astype("float64").to_numpy() if cols else np.zeros((len(dataset), 0))
-    rows, rule = no_finding_rows(labels, names)
+    rows, rule = no_finding_rows(manifest_labels(dataset.df, names), names)
     idx = np.flatnonzero(rows)
     if len(idx) > limit:
         idx = np.sort(np.random.default_rng(seed).choice(idx, limit, replace=False))
